@@ -105,7 +105,7 @@ class Constraints(Model, kw_only=True):
 
 class RetryPolicy(Model, kw_only=True):
     max_attempts: Annotated[int, Meta(ge=1, le=1000)] = 3
-    retry_on: Annotated[list[RetryReason], Meta(max_length=3)] = ["LOST"]
+    retry_on: Annotated[list[RetryReason], Meta(max_length=3)] = msgspec.field(default_factory=lambda: ["LOST"])
     backoff_s: Annotated[float, Meta(ge=0, le=86_400)] = 5.0
     backoff_factor: Annotated[float, Meta(ge=1, le=100)] = 2.0
     max_backoff_s: Annotated[float, Meta(ge=0, le=86_400)] = 600.0
