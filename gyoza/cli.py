@@ -298,10 +298,8 @@ def _run_row(run: dict[str, Any]) -> list[Any]:
     what = run.get("definition") or run.get("image") or ""
     if run.get("definition") and run.get("version"):
         what = f"{what}:{run['version']}"
-    note = run.get("scheduling") or (run.get("error") or "").splitlines()[:1]
-    if isinstance(note, list):
-        note = note[0] if note else ""
-    return [run["id"], run["state"], run.get("attempt", ""), ago(run.get("created_at")), what, note]
+    return [run["id"], run["state"], run.get("attempt", ""),
+            ago(run.get("created_at")).removesuffix(" ago"), what]
 
 
 @runs.command("ls")
@@ -326,7 +324,7 @@ def runs_ls(ctx: click.Context, state: str | None, definition: str | None, limit
     if not rows:
         click.echo("no runs" + (" match" if state or definition else " yet; start one with `gyoza run`"))
         return
-    click.echo(table(["ID", "STATE", "TRY", "CREATED", "OP", "NOTE"], rows, flex=[5, 4]))
+    click.echo(table(["ID", "STATE", "TRY", "AGE", "OP"], rows, flex=[4]))
     if page.get("next_cursor"):
         click.echo(f"(more: raise --limit; showing the newest {len(rows)})", err=True)
 

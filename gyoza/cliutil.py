@@ -62,6 +62,8 @@ def explain(exc: Exception, server: str, what: str | None = None) -> str:
                 "run": "list runs with `gyoza runs ls`",
                 "definition": "list definitions with `gyoza defs ls`",
             }.get(what or "", "")
+            # The server's own hint speaks HTTP ("GET /runs"); ours speaks CLI.
+            detail = detail.split(";")[0] if hint else detail
             return f"not found: {detail}" + (f" ({hint})" if hint else "")
         if status == 409:
             return f"conflict: {detail}"
