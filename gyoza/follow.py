@@ -123,7 +123,9 @@ class Renderer:
         if isinstance(msg, str) and msg:
             detail = msg
         if kind == "QUEUED" and attempt is not None:
-            detail = f"attempt {attempt}" + (f": {detail}" if detail else "")
+            # The server's msg ("queued", "attempt 2 queued") would repeat us.
+            extra = "" if detail in ("", "queued") or "attempt" in detail else f": {detail}"
+            detail = f"attempt {attempt}{extra}"
         elif kind == "COMPLETED" and isinstance(payload.get("outputs"), dict):
             detail = "outputs " + _compact(payload["outputs"])
         elif kind == "FAILED" and payload.get("error_message"):
