@@ -564,6 +564,146 @@ def _gb(mb: Any) -> str:
 # -- end of user commands --
 
 
+# -- worker commands --
+
+
+def _worker_flags(fn):
+    """Flags shared by ``gyoza worker`` and ``gyoza up`` (the embedded worker)."""
+    options = [
+        click.option("--worker-id", default=None, envvar="GYOZA_WORKER_ID",
+                     help="Worker id (default: hostname plus a suffix saved on this machine)."),
+        click.option("--tags", default="", help="Comma-separated worker tags, e.g. gpu,fast."),
+        click.option("--gpu-tags", default="",
+                     help="Tags per GPU index: 0=rtx,1=a100+fast ('+' joins tags of one GPU)."),
+        click.option("--max-ops", type=click.IntRange(min=1), default=None,
+                     help="Run at most N ops at once (default: as many as resources allow)."),
+        click.option("--drain-timeout", type=click.FloatRange(min=0), default=30.0,
+                     show_default=True,
+                     help="On SIGTERM, seconds to let running ops finish before stopping them."),
+        click.option("--cpu-cores", type=click.FloatRange(min=0), default=None,
+                     help="CPU cores to offer (default: all, detected)."),
+        click.option("--ram-mb", type=click.IntRange(min=0), default=None,
+                     help="RAM in MB to offer (default: all, detected)."),
+        click.option("--state-dir", type=click.Path(file_okay=False), default=None,
+                     envvar="GYOZA_STATE_DIR",
+                     help="Folder for the worker id and run folders (default: user data dir)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+_WORKER_KEYS = ("worker_id", "tags", "gpu_tags", "max_ops", "drain_timeout", "cpu_cores",
+                "ram_mb", "state_dir")
+
+
+def _worker_options(kw: dict[str, Any], *, server: str, api_key: str | None,
+                    heartbeat_interval: float):
+    """Build WorkerOptions from the CLI flags, or fail with one line."""
+    import pathlib
+
+    from .resources import parse_gpu_tags
+    from .worker import WorkerOptions
+
+    try:
+        gpu_tags = parse_gpu_tags(kw["gpu_tags"])
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    if heartbeat_interval <= 0:
+        raise CliError("--heartbeat-interval must be positive")
+    return WorkerOptions(
+        server=server,
+        api_key=api_key,
+        worker_id=kw["worker_id"],
+        tags=[t.strip() for t in (kw["tags"] or "").split(",") if t.strip()],
+        gpu_tags=gpu_tags,
+        max_ops=kw["max_ops"],
+        drain_timeout=kw["drain_timeout"],
+        cpu_cores=kw["cpu_cores"],
+        ram_mb=kw["ram_mb"],
+        heartbeat_interval=heartbeat_interval,
+        state_dir=pathlib.Path(kw["state_dir"]) if kw["state_dir"] else None,
+    )
+
+
+def _configure_worker_logging() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@cli.command("worker")
+@click.option("--server", "server_url", default=None,
+              help="gyoza server URL (default: the global --server / GYOZA_URL).")
+@click.option("--api-key", "worker_api_key", default=None,
+              help="API key (default: the global --api-key / GYOZA_API_KEY).")
+@click.option("--heartbeat-interval", default=5.0, show_default=True, type=float,
+              help="Seconds between heartbeats (keep it equal to the server's).")
+@_worker_flags
+@click.pass_context
+def worker_cmd(ctx: click.Context, server_url: str | None, worker_api_key: str | None,
+               heartbeat_interval: float, **kw: Any) -> None:
+    """Run containers for a gyoza server (SIGTERM drains, a second one stops ops)."""
+    import asyncio
+
+    from .worker import run_worker
+
+    options = _worker_options(
+        kw,
+        server=(server_url or ctx.obj["server"]).rstrip("/"),
+        api_key=worker_api_key or ctx.obj["api_key"],
+        heartbeat_interval=heartbeat_interval,
+    )
+    _configure_worker_logging()
+    asyncio.run(run_worker(options))
+
+
+def _loopback_url(config: ServerConfig) -> str:
+    """How the embedded worker reaches its own server."""
+    host = config.host
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host in ("::", "[::]"):
+        host = "[::1]"
+    elif ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{config.port}"
+
+
+@cli.command()
+@_server_options
+@_worker_flags
+def up(**kw: Any) -> None:
+    """Run the server with an embedded worker: one machine, one command."""
+    import logging
+
+    from .server import serve
+    from .worker import Worker
+
+    worker_kw = {k: kw.pop(k) for k in _WORKER_KEYS}
+    config = server_config(**kw)
+    options = _worker_options(
+        worker_kw,
+        server=_loopback_url(config),
+        api_key=config.api_keys[0] if config.api_keys else None,
+        heartbeat_interval=config.heartbeat_interval,
+    )
+
+    async def embedded_worker(_config: ServerConfig) -> None:
+        # Started in the server's lifespan (same event loop); its first
+        # heartbeats retry until uvicorn is listening. Cancelled at shutdown,
+        # it stops and removes its containers.
+        try:
+            await Worker(options).run()
+        except Exception:
+            logging.getLogger("gyoza.worker").exception("the embedded worker stopped")
+
+    serve(config, background=[embedded_worker])
+
+# -- end of worker commands --
+
+
 def main() -> None:
     try:
         cli(standalone_mode=True)
