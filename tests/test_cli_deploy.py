@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cli_fakes import assert_one_error_line, gyoza
+from tests.cli_fakes import assert_one_error_line, gyoza
 
 HELLO = """\
 name = "hello"

@@ -10,7 +10,8 @@ import threading
 import time
 
 import pytest
-from cli_fakes import FakeWorker, complete, fail, gyoza, start_then_wait
+
+from tests.cli_fakes import FakeWorker, complete, fail, gyoza, start_then_wait
 
 SCHEMA = {
     "type": "object",
