@@ -6,8 +6,8 @@ import httpx
 import pytest
 from starlette.routing import Route
 
-from gyoza.server import build_app
 from gyoza.config import ServerConfig
+from gyoza.server import build_app
 from gyoza.testing import GyozaTestServer
 
 OPEN_PATHS = {"/healthz", "/openapi.json"}
