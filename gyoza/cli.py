@@ -584,6 +584,8 @@ def _worker_flags(fn):
                      help="CPU cores to offer (default: all, detected)."),
         click.option("--ram-mb", type=click.IntRange(min=0), default=None,
                      help="RAM in MB to offer (default: all, detected)."),
+        click.option("--claim-wait", type=click.FloatRange(min=0, max=25), default=20.0,
+                     hidden=True, help="Seconds one claim long-poll waits (tests shorten it)."),
         click.option("--state-dir", type=click.Path(file_okay=False), default=None,
                      envvar="GYOZA_STATE_DIR",
                      help="Folder for the worker id and run folders (default: user data dir)."),
@@ -594,7 +596,7 @@ def _worker_flags(fn):
 
 
 _WORKER_KEYS = ("worker_id", "tags", "gpu_tags", "max_ops", "drain_timeout", "cpu_cores",
-                "ram_mb", "state_dir")
+                "ram_mb", "claim_wait", "state_dir")
 
 
 def _worker_options(kw: dict[str, Any], *, server: str, api_key: str | None,
@@ -622,6 +624,7 @@ def _worker_options(kw: dict[str, Any], *, server: str, api_key: str | None,
         cpu_cores=kw["cpu_cores"],
         ram_mb=kw["ram_mb"],
         heartbeat_interval=heartbeat_interval,
+        claim_wait=kw["claim_wait"],
         state_dir=pathlib.Path(kw["state_dir"]) if kw["state_dir"] else None,
     )
 
