@@ -113,13 +113,18 @@ def _gpu_shortfall(c: Constraints, w: WorkerShape) -> str:
         need += " tagged " + ", ".join(f"'{t}'" for t in c.gpu_tags)
     have = sum(1 for g in w.resources.gpus if gpu_matches(g, c))
     return f"{need}; largest worker {w.worker_id} has {have} GPU{'s' if have != 1 else ''}" + (
-        " that qualify" if (c.vram_mb or c.gpu_tags) and have != len(w.resources.gpus) else ""
+        (" that qualifies" if have == 1 else " that qualify")
+        if (c.vram_mb or c.gpu_tags) and have != len(w.resources.gpus)
+        else ""
     )
 
 
 def _largest_shortfall(c: Constraints, workers: Sequence[WorkerShape]) -> str:
     """Describe the shortfall against the worker that comes closest."""
-    tagged = [w for w in workers if set(w.tags).issuperset(c.tags)] or list(workers)
+    tagged = [w for w in workers if set(w.tags).issuperset(c.tags)]
+    if not tagged:
+        names = ", ".join(f"'{t}'" for t in c.tags)
+        return f"needs tags {names} on one worker; no online worker has them all"
     if c.cpu_milli > max(w.resources.cpu_milli for w in tagged):
         best = max(tagged, key=lambda w: w.resources.cpu_milli)
         return _shortfall(c, best)
@@ -127,4 +132,12 @@ def _largest_shortfall(c: Constraints, workers: Sequence[WorkerShape]) -> str:
         best = max(tagged, key=lambda w: w.resources.ram_mb)
         return _shortfall(c, best)
     best = max(tagged, key=lambda w: (sum(1 for g in w.resources.gpus if gpu_matches(g, c)), w.worker_id))
-    return _gpu_shortfall(c, best)
+    if sum(1 for g in best.resources.gpus if gpu_matches(g, c)) < c.gpus:
+        return _gpu_shortfall(c, best)
+    # Every need is met by some worker, but no single worker meets them all.
+    parts = [f"{c.cpu_cores:g} CPU cores", f"{c.ram_mb} MB RAM"]
+    if c.gpus:
+        parts.append(_gpu_shortfall(c, best).split(";")[0].removeprefix("needs "))
+    if c.tags:
+        parts.append("tag" + ("s " if len(c.tags) > 1 else " ") + ", ".join(f"'{t}'" for t in c.tags))
+    return f"needs {', '.join(parts)} on one worker; no online worker has all of them"
