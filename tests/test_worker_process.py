@@ -100,10 +100,10 @@ def gserver(tmp_path) -> Iterator[GyozaTestServer]:
         yield s
 
 
-def start_worker(url: str, worker_id: str, tmp_path: Path, name: str) -> Process:
+def start_worker(url: str, worker_id: str, tmp_path: Path, name: str, drain: float = 5) -> Process:
     return Process(
         ["worker", "--server", url, "--worker-id", worker_id, "--heartbeat-interval", "0.5",
-         "--cpu-cores", "2", "--ram-mb", "4096", "--drain-timeout", "5", "--claim-wait", "2",
+         "--cpu-cores", "2", "--ram-mb", "4096", "--drain-timeout", str(drain), "--claim-wait", "2",
          "--state-dir", str(tmp_path / "state")],
         tmp_path / f"{name}.log",
     )
@@ -174,6 +174,48 @@ def test_container_of_a_run_cancelled_while_its_worker_was_down_is_removed_on_re
         remove_containers(f"gyoza.worker_id={worker_id}")
 
 
+@pytest.mark.docker
+def test_sigterm_lets_running_ops_finish_within_the_drain_timeout(gserver, busybox_image, tmp_path):
+    worker_id = new_worker_id()
+    client = gserver.client()
+    run = client.create_run(busybox_image, {}, command=sh("echo begin; sleep 2; echo end"))
+    worker = start_worker(gserver.url, worker_id, tmp_path, "worker", drain=20)
+    try:
+        wait_for_run(client, run["id"], until=lambda r: r["state"] == "RUNNING")
+        worker.kill(signal.SIGTERM)
+        late = client.create_run(busybox_image, {}, command=["true"])
+        assert worker.proc.wait(20) == 0
+        done = client.get_run(run["id"])
+        assert done["state"] == "COMPLETED" and "end" in log_lines(done)
+        assert client.get_run(late["id"])["state"] == "PENDING"  # a draining worker claims nothing
+    finally:
+        worker.stop()
+        remove_containers(f"gyoza.worker_id={worker_id}")
+
+
+@pytest.mark.docker
+def test_sigterm_stops_ops_still_running_after_the_drain_timeout_and_reports_them_failed(
+    gserver, busybox_image, tmp_path
+):
+    worker_id = new_worker_id()
+    client = gserver.client()
+    run = client.create_run(busybox_image, {}, command=sh("echo begin; sleep 60"))
+    worker = start_worker(gserver.url, worker_id, tmp_path, "worker", drain=1)
+    try:
+        wait_for_run(client, run["id"], until=lambda r: r["state"] == "RUNNING")
+        stopped_at = time.monotonic()
+        worker.kill(signal.SIGTERM)
+        assert worker.proc.wait(20) == 0
+        assert time.monotonic() - stopped_at < 8
+        done = client.get_run(run["id"])
+        assert done["state"] == "FAILED"
+        assert "shutting down" in done["error"].split("\n")[0]
+        assert containers_of(f"gyoza.run_id={run['id']}") == []
+    finally:
+        worker.stop()
+        remove_containers(f"gyoza.worker_id={worker_id}")
+
+
 def start_up(tmp_path: Path, port: int, worker_id: str, env: dict[str, str] | None = None) -> Process:
     return Process(
         ["up", "--port", str(port), "--db", str(tmp_path / "up.db"),
@@ -214,6 +256,24 @@ def test_gyoza_up_serves_and_runs_ops_with_its_embedded_worker(busybox_image, tm
             assert "done" in log_lines(done)
             assert [w["worker_id"] for w in client.list_workers()] == [worker_id]
         assert up.stop(timeout=20) in (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM
+        assert containers_of(f"gyoza.worker_id={worker_id}") == []
+    finally:
+        up.stop()
+        remove_containers(f"gyoza.worker_id={worker_id}")
+
+
+@pytest.mark.docker
+def test_stopping_gyoza_up_stops_and_removes_the_containers_it_runs(busybox_image, tmp_path):
+    port, worker_id = free_port(), new_worker_id()
+    url = f"http://127.0.0.1:{port}"
+    up = start_up(tmp_path, port, worker_id)
+    try:
+        wait_healthy(url, up)
+        with GyozaClient(url) as client:
+            run = client.create_run(busybox_image, {}, command=sh("echo begin; sleep 60"))
+            wait_for_run(client, run["id"], until=lambda r: r["state"] == "RUNNING")
+        assert containers_of(f"gyoza.worker_id={worker_id}")
+        assert up.stop(timeout=30) in (0, -signal.SIGTERM)
         assert containers_of(f"gyoza.worker_id={worker_id}") == []
     finally:
         up.stop()
