@@ -419,3 +419,20 @@ class Health(Struct):
 class ErrorBody(Struct):
     error: str
     detail: str
+
+
+class Delivery(Struct, kw_only=True, forbid_unknown_fields=True):
+    """One webhook delivery of a run's event (``GET /runs/{id}/deliveries``)."""
+
+    id: int
+    event_id: int
+    event_type: EventType
+    webhook_id: str
+    status: Literal["PENDING", "DELIVERED", "FAILED"]
+    attempts: int
+    max_attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    next_attempt_at: str | None  # only while PENDING
+    created_at: str
+    delivered_at: str | None

@@ -92,6 +92,7 @@ class Api:
         self.config = config
         self.service: Service | None = None
         self._keys = [k.encode() for k in config.api_keys]
+        self._openapi: bytes | None = None
 
     @property
     def svc(self) -> Service:
@@ -133,6 +134,14 @@ class Api:
     async def healthz(self, request: Request) -> Response:
         """Liveness probe; needs no key."""
         return json_response({"status": "ok"})
+
+    async def openapi(self, request: Request) -> Response:
+        """The OpenAPI 3.1 document of this app's routes; needs no key (shape only, no data)."""
+        if self._openapi is None:
+            from .openapi import build_document
+
+            self._openapi = _encoder.encode(build_document(request.app.routes))
+        return Response(self._openapi, media_type="application/json")
 
     async def upsert_definition(self, request: Request) -> Response:
         d = await self.body(request, OpDefinition)
@@ -204,7 +213,7 @@ class Api:
         await self.svc.store.redeliver(run_id, int(raw))
         self.svc.on_new_events()
         deliveries = await self.svc.store.list_deliveries(run_id)
-        return json_response(next(d for d in deliveries if d["id"] == int(raw)))
+        return json_response(next(d for d in deliveries if d.id == int(raw)))
 
     async def list_workers(self, request: Request) -> Response:
         return json_response(await self.svc.list_workers())
@@ -225,6 +234,7 @@ class Api:
         e = self.endpoint
         return [
             Route("/healthz", e(self.healthz, public=True), methods=["GET"]),
+            Route("/openapi.json", e(self.openapi, public=True), methods=["GET"]),
             Route("/definitions", e(self.upsert_definition), methods=["POST"]),
             Route("/definitions", e(self.list_definitions), methods=["GET"]),
             Route("/definitions/{name}", e(self.get_definition), methods=["GET"]),

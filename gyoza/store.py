@@ -32,6 +32,7 @@ from .models import (
     ACTIVE_STATES,
     ClaimResult,
     Constraints,
+    Delivery,
     Event,
     EventIn,
     EventType,
@@ -1176,8 +1177,8 @@ class Store:
 
         await self._write(w)
 
-    async def list_deliveries(self, run_id: str) -> list[dict[str, Any]]:
-        def q(c: sqlite3.Connection) -> list[dict[str, Any]]:
+    async def list_deliveries(self, run_id: str) -> list[Delivery]:
+        def q(c: sqlite3.Connection) -> list[Delivery]:
             row = c.execute("SELECT seq FROM runs WHERE id=?", (run_id,)).fetchone()
             if row is None:
                 raise NotFound(f"no run {run_id!r}; list runs with GET /runs")
@@ -1189,20 +1190,20 @@ class Store:
                 (row[0],),
             )
             return [
-                {
-                    "id": r[0],
-                    "event_id": r[1],
-                    "event_type": r[2],
-                    "webhook_id": r[3],
-                    "status": r[4],
-                    "attempts": r[5],
-                    "max_attempts": r[6],
-                    "last_status_code": r[7],
-                    "last_error": r[8],
-                    "next_attempt_at": iso(r[9]) if r[4] == "PENDING" else None,
-                    "created_at": r[10],
-                    "delivered_at": r[11],
-                }
+                Delivery(
+                    id=r[0],
+                    event_id=r[1],
+                    event_type=EventType(r[2]),
+                    webhook_id=r[3],
+                    status=r[4],
+                    attempts=r[5],
+                    max_attempts=r[6],
+                    last_status_code=r[7],
+                    last_error=r[8],
+                    next_attempt_at=iso(r[9]) if r[4] == "PENDING" else None,
+                    created_at=r[10],
+                    delivered_at=r[11],
+                )
                 for r in rows
             ]
 
