@@ -154,11 +154,13 @@ def follow(
 ) -> dict[str, Any]:
     """Render the run's events until it is terminal; return the final run.
 
-    API errors (401, 404...) propagate; connection failures are retried with
-    backoff for ``reconnect_s`` seconds before the last one propagates.
+    API errors (401, 404...) propagate. A connection failure before the first
+    answer propagates at once; after it (the server restarting under us) it is
+    retried with backoff for ``reconnect_s`` seconds, then propagates.
     """
     lost_since: float | None = None
     delay = 0.5
+    connected = False
     try:
         while True:
             try:
@@ -171,6 +173,8 @@ def follow(
                     if run.get("state") in TERMINAL and not _newer(run, after):
                         return run
             except httpx.TransportError:
+                if not connected:
+                    raise  # never reached the server: say so at once
                 now = time.monotonic()
                 if lost_since is None:
                     lost_since = now
@@ -181,6 +185,7 @@ def follow(
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
+            connected = True
             if lost_since is not None and notice:
                 notice("reconnected")
             lost_since, delay = None, 0.5

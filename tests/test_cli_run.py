@@ -219,3 +219,32 @@ def test_run_follow_ctrl_c_with_cancel_on_interrupt_cancels_the_run(gyoza_server
     assert state == "CANCELLED"
     assert "cancelled" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.slow  # the server's shutdown waits for the follower's in-flight long-poll
+def test_run_follow_survives_a_server_restart_and_still_exits_0(gyoza_server, hello):
+    client = gyoza_server.client()
+    run = client.create_run_from_definition("hello", {"text": "x"})
+    client.heartbeat("w1", {"cpu_cores": 4, "ram_mb": 4096, "gpus": []})
+    op = client.claim_ops("w1")[0]
+    client.add_event(run["id"], "STARTED", "", attempt=op["attempt"], seq=1)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gyoza.cli", "--server", gyoza_server.url, "runs", "logs",
+         "--follow", run["id"]],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    client.add_event(run["id"], "LOG", "before the restart", attempt=op["attempt"], seq=2)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "before the restart\n"
+    time.sleep(0.3)  # the follower is back inside its long-poll
+    gyoza_server.stop()
+    time.sleep(1.0)
+    gyoza_server.start()
+    client = gyoza_server.client()
+    client.add_event(run["id"], "LOG", "after the restart", attempt=op["attempt"], seq=3)
+    client.add_event(run["id"], "COMPLETED", "", {"outputs": {}}, attempt=op["attempt"], seq=4)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, (out, err)
+    assert out == "after the restart\n"
+    assert "Traceback" not in err
