@@ -25,6 +25,7 @@ from starlette.routing import BaseRoute, Route
 
 from . import errors
 from .config import ServerConfig
+from .delivery import WebhookSender
 from .errors import GyozaError, MethodNotAllowed, NotFound, PayloadTooLarge, Unauthorized
 from .models import (
     EventIn,
@@ -277,6 +278,9 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 def build_app(config: ServerConfig, background: Sequence[BackgroundTask] = ()) -> Starlette:
     """The ASGI app; opening the store and background tasks live in its lifespan."""
+    # aiosqlite logs every call with its arguments at DEBUG (webhook secrets included).
+    sqlite_log = logging.getLogger("aiosqlite")
+    sqlite_log.setLevel(max(sqlite_log.level, logging.INFO))
     api = Api(config)
 
     @contextlib.asynccontextmanager
@@ -287,6 +291,10 @@ def build_app(config: ServerConfig, background: Sequence[BackgroundTask] = ()) -
         api.service = service
         app.state.service = service
         await service.start()
+        sender = WebhookSender(store, config)
+        service.on_new_events = sender.wake
+        await sender.start()
+        sender.wake()  # deliveries left PENDING by the previous process
         tasks = [asyncio.create_task(fn(config)) for fn in background]
         try:
             yield
@@ -296,6 +304,7 @@ def build_app(config: ServerConfig, background: Sequence[BackgroundTask] = ()) -
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            await sender.stop()
             await service.stop()
             await store.close()
 
