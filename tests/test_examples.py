@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,11 @@ from pathlib import Path
 import pytest
 
 from tests.cli_fakes import FakeWorker, complete, fail, gyoza
+from tests.docker_fixtures import (  # noqa: F401  (fixtures are found by name)
+    busybox_image_fixture,
+    docker_engine_fixture,
+    remove_containers,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -217,3 +223,37 @@ def test_pipeline_gate_fails_when_the_run_fails(gyoza_server):
                          "--op", "wordcount", "-i", "text=x")
     assert proc.returncode == 1
     assert "gate FAILED" in proc.stderr and "ended" in proc.stderr
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_countdown_image_runs_end_to_end_under_a_real_worker_with_gyoza_run_follow(
+        gyoza_server, busybox_image, tmp_path):
+    """The user path: build the example, deploy it, `gyoza run --follow` it on a real worker."""
+    image = "gyoza-examples/countdown:1"
+    built = subprocess.run(["docker", "build", "-q", "--build-arg", f"BASE={busybox_image}",
+                            "-t", image, str(EXAMPLES / "countdown")],
+                           capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    worker_id = f"examples-{os.getpid()}"
+    log = open(tmp_path / "worker.log", "wb")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "gyoza.cli", "worker", "--server", gyoza_server.url,
+         "--worker-id", worker_id, "--cpu-cores", "2", "--ram-mb", "2048", "--claim-wait", "2",
+         "--state-dir", str(tmp_path / "state")],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        assert gyoza(gyoza_server.url, "deploy", str(EXAMPLES / "countdown")).exit_code == 0
+        result = gyoza(gyoza_server.url, "run", "countdown", "-i", "seconds=2", "--follow")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(60)
+        log.close()
+        remove_containers(f"gyoza.worker_id={worker_id}")
+    assert result.exit_code == 0, result.output + (tmp_path / "worker.log").read_text()
+    out = result.stdout
+    for needle in ("STARTED", "counting down from 2", "2...", "1...", " 50%", "100%",
+                   "liftoff", '"counted": 2', "COMPLETED"):
+        assert needle in out, (needle, out)
+    assert "GYOZA:" not in out  # protocol lines became events, not log lines
