@@ -251,11 +251,9 @@ class Execution:
                     return
                 if kind == "LOG":
                     text = str(message.get("msg", ""))
-        if replaying:
-            self.tail.append(text[:TAIL_LINE_CHARS])
-            return
         self.tail.append(text[:TAIL_LINE_CHARS])
-        self._add_line(text)
+        if not replaying:  # already delivered before the worker restarted
+            self._add_line(text)
 
     @staticmethod
     def _protocol(raw: str) -> dict[str, Any] | None:
@@ -751,6 +749,11 @@ class Worker:
                 and int(run.get("attempt", 0)) == info.attempt
                 and run.get("state") in ("ASSIGNED", "RUNNING")
             )
+            if info.started_at is None and not info.running:
+                # Created but never started (a crash in between): nothing to follow, and
+                # Docker would report a clean exit. Remove it; the server requeues the run
+                # as LOST once our heartbeats stop listing it.
+                attempt_is_ours = False
             if not attempt_is_ours or run is None:
                 log.info("removing leftover container %s (run %s attempt %d is no longer ours)",
                          info.id[:12], info.run_id, info.attempt)

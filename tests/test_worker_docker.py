@@ -7,8 +7,11 @@ see: the run's state, events, outputs and errors, and which containers exist.
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -208,3 +211,36 @@ async def test_server_down_for_ten_seconds_mid_run_still_completes_with_every_ev
     assert [e["msg"] for e in done["events"] if e["type"] == "PROGRESS"] == [i * 3 for i in range(30)]
     seqs = [e["seq"] for e in done["events"] if e["seq"] is not None]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+async def test_container_gets_its_limits_labels_inputs_folder_and_no_extra_privileges(
+    gserver, api, busybox_image, tmp_path
+):
+    run = await api.create_run(
+        busybox_image, {"k": "v"}, constraints={"cpu_cores": 0.5, "ram_mb": 64},
+        command=sh("echo ready; sleep 30"),
+    )
+    options = worker_options(gserver.url, tmp_path)
+    async with running_worker(options):
+        await wait_for_run(api, run["id"], until=lambda r: "ready" in log_lines(r))
+        [container_id] = containers_of(f"gyoza.run_id={run['id']}")
+        out = subprocess.run(["docker", "inspect", container_id], capture_output=True, text=True, check=True)
+        info = json.loads(out.stdout)[0]
+        await api.cancel_run(run["id"])
+
+    host = info["HostConfig"]
+    assert host["NanoCpus"] == 500_000_000
+    assert host["Memory"] == 64 * 1024 * 1024
+    assert host["SecurityOpt"] == ["no-new-privileges"]
+    assert host["Privileged"] is False and host["NetworkMode"] == "bridge"
+    assert not host.get("DeviceRequests")  # no GPUs asked, none given
+    assert info["Config"]["Labels"] == {
+        "gyoza.run_id": run["id"], "gyoza.attempt": "1", "gyoza.worker_id": options.worker_id,
+    }
+    env = dict(item.split("=", 1) for item in info["Config"]["Env"])
+    assert env["GYOZA_RUN_ID"] == run["id"] and env["GYOZA_ATTEMPT"] == "1"
+    assert json.loads(env["GYOZA_INPUTS"]) == {"k": "v"}
+    assert env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    mounts = {m["Destination"]: m for m in info["Mounts"]}
+    assert list(mounts) == ["/gyoza"]  # and never the Docker socket
+    assert not Path(mounts["/gyoza"]["Source"]).exists()  # removed after the attempt

@@ -1,0 +1,45 @@
+"""The container request the runtime builds: what each run is allowed (SPEC §1 Constraints, §5)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gyoza.runtime import ContainerSpec, DockerRuntime, registry_of, split_reference
+
+
+def spec(**overrides) -> ContainerSpec:
+    values = dict(run_id="r1", attempt=2, worker_id="w1", image="img:1", command=["python", "x.py"],
+                  env={"A": "1"}, inputs={"n": 1})
+    values.update(overrides)
+    return ContainerSpec(**values)
+
+
+def test_assigned_gpus_are_requested_by_uuid_from_the_nvidia_driver(tmp_path):
+    config = DockerRuntime(tmp_path)._config(spec(gpu_uuids=["GPU-a", "GPU-b"]), Path("/w"))
+    assert config["HostConfig"]["DeviceRequests"] == [
+        {"Driver": "nvidia", "DeviceIDs": ["GPU-a", "GPU-b"], "Capabilities": [["gpu"]]}
+    ]
+    assert "CUDA_DEVICE_ORDER=PCI_BUS_ID" in config["Env"]
+
+
+def test_zero_cpu_and_ram_mean_no_limit(tmp_path):
+    host = DockerRuntime(tmp_path)._config(spec(cpu_cores=0, ram_mb=0), Path("/w"))["HostConfig"]
+    assert "NanoCpus" not in host and "Memory" not in host
+
+
+def test_command_none_keeps_the_image_cmd(tmp_path):
+    assert "Cmd" not in DockerRuntime(tmp_path)._config(spec(command=None), Path("/w"))
+    assert DockerRuntime(tmp_path)._config(spec(), Path("/w"))["Cmd"] == ["python", "x.py"]
+
+
+def test_gyoza_variables_win_over_the_ops_env(tmp_path):
+    config = DockerRuntime(tmp_path)._config(spec(env={"GYOZA_RUN_ID": "spoof", "A": "1"}), Path("/w"))
+    assert "GYOZA_RUN_ID=r1" in config["Env"] and "GYOZA_RUN_ID=spoof" not in config["Env"]
+    assert "A=1" in config["Env"]
+
+
+def test_image_references_split_into_repository_tag_and_digest():
+    assert split_reference("busybox") == ("busybox", None, None)
+    assert split_reference("localhost:5000/a/b:2") == ("localhost:5000/a/b", "2", None)
+    assert split_reference("ghcr.io/x/y@sha256:abc") == ("ghcr.io/x/y", None, "sha256:abc")
+    assert registry_of("ghcr.io/x/y") == "ghcr.io" and registry_of("library/busybox") is None
