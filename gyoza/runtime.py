@@ -44,6 +44,7 @@ __all__ = [
     "LABEL_RUN_ID",
     "LABEL_ATTEMPT",
     "LABEL_WORKER_ID",
+    "MAX_ENV_INPUTS_BYTES",
 ]
 
 LABEL_RUN_ID = "gyoza.run_id"
@@ -52,6 +53,9 @@ LABEL_WORKER_ID = "gyoza.worker_id"
 MOUNT_POINT = "/gyoza"
 MIN_MEMORY_BYTES = 6 * 1024 * 1024  # Docker refuses limits below 6 MB
 DOCKER_HUB = "https://index.docker.io/v1/"
+# Linux refuses to exec with one environment string over 128 KiB; larger
+# inputs are only in /gyoza/inputs.json (gyoza.op.inputs() reads either).
+MAX_ENV_INPUTS_BYTES = 96 * 1024
 
 
 class RuntimeUnavailable(Exception):
@@ -324,9 +328,12 @@ class DockerRuntime:
 
     def _config(self, spec: ContainerSpec, workdir: Path) -> dict[str, Any]:
         env = dict(spec.env)
+        inputs_json = json.dumps(spec.inputs)
+        env.pop("GYOZA_INPUTS", None)
+        if len(inputs_json.encode()) <= MAX_ENV_INPUTS_BYTES:
+            env["GYOZA_INPUTS"] = inputs_json
         env.update(
             {
-                "GYOZA_INPUTS": json.dumps(spec.inputs),
                 "GYOZA_RUN_ID": spec.run_id,
                 "GYOZA_ATTEMPT": str(spec.attempt),
                 "CUDA_DEVICE_ORDER": "PCI_BUS_ID",

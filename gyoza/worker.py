@@ -39,6 +39,7 @@ from .client import AsyncGyozaClient, GyozaAPIError
 from .outbox import MAX_LOG_MSG_BYTES, Outbox
 from .resources import detect_resources
 from .runtime import (
+    MAX_ENV_INPUTS_BYTES,
     ContainerError,
     ContainerInfo,
     ContainerSpec,
@@ -342,6 +343,11 @@ class Execution:
                 ram_mb=int((self.op.get("constraints") or {}).get("ram_mb", 0) or 0),
                 gpu_uuids=self._gpu_device_ids(),
             )
+            if len(json.dumps(spec.inputs).encode()) > MAX_ENV_INPUTS_BYTES:
+                self._add_line(
+                    "[gyoza] the inputs are too large for the GYOZA_INPUTS variable; "
+                    "read them from /gyoza/inputs.json (gyoza.op.inputs() does)"
+                )
             try:
                 self.container_id, self.workdir = await runtime.start(spec)
             except ContainerError as exc:

@@ -43,3 +43,11 @@ def test_image_references_split_into_repository_tag_and_digest():
     assert split_reference("localhost:5000/a/b:2") == ("localhost:5000/a/b", "2", None)
     assert split_reference("ghcr.io/x/y@sha256:abc") == ("ghcr.io/x/y", None, "sha256:abc")
     assert registry_of("ghcr.io/x/y") == "ghcr.io" and registry_of("library/busybox") is None
+
+
+def test_inputs_too_large_for_an_environment_variable_go_only_to_the_inputs_file(tmp_path):
+    big = {"blob": "x" * 200_000}
+    config = DockerRuntime(tmp_path)._config(spec(inputs=big), Path("/w"))
+    assert not any(item.startswith("GYOZA_INPUTS=") for item in config["Env"])
+    small = DockerRuntime(tmp_path)._config(spec(inputs={"n": 1}), Path("/w"))
+    assert 'GYOZA_INPUTS={"n": 1}' in small["Env"]
