@@ -359,7 +359,8 @@ def runs_show(ctx: click.Context, run_id: str, as_json: bool) -> None:
         ("duration", duration(run.get("started_at"), run.get("finished_at"))
          if run.get("started_at") else "-"),
         ("scheduling", run.get("scheduling")),
-        ("error", run.get("error")),
+        # A run that succeeded on a later attempt may still carry an earlier error.
+        ("error" if run["state"] in ("FAILED", "CANCELLED") else "prev error", run.get("error")),
         ("inputs", _compact_json(run.get("inputs"))),
         ("outputs", _compact_json(run.get("outputs")) if run.get("outputs") is not None else None),
     ]
