@@ -3,6 +3,10 @@
 Validators are compiled once per definition version (keyed by its update
 time, so a replaced definition gets a fresh one). Defaults from the schema
 are filled in before validation, and every problem is reported at once.
+
+``jsonschema`` is imported on first use: it is the heaviest import of the
+server (about half its start-up time) and only definitions with a schema
+need it.
 """
 
 from __future__ import annotations
@@ -11,14 +15,14 @@ import copy
 from functools import lru_cache
 from typing import Any
 
-import jsonschema
 import msgspec
-from jsonschema import validators
 
 from .errors import BadRequest
 
 
 def _fill_defaults(validator_class):
+    from jsonschema import validators
+
     validate_properties = validator_class.VALIDATORS["properties"]
 
     def set_defaults(validator, properties, instance, schema):
@@ -35,6 +39,9 @@ def check_schema(schema: dict[str, Any] | None, field: str = "input_schema") -> 
     """Refuse a schema that is not valid JSON Schema (400 naming the problem)."""
     if schema is None:
         return
+    import jsonschema
+    from jsonschema import validators
+
     cls = validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     try:
         cls.check_schema(schema)
@@ -48,6 +55,9 @@ def check_schema(schema: dict[str, Any] | None, field: str = "input_schema") -> 
 @lru_cache(maxsize=512)
 def _validators(key: tuple[str, str, str], schema_json: bytes):
     """(filler, checker): the filler's pass sets defaults, the checker's reports."""
+    import jsonschema
+    from jsonschema import validators
+
     schema = msgspec.json.decode(schema_json)
     base = validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     return _fill_defaults(base)(schema), base(schema)

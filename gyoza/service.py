@@ -75,6 +75,7 @@ class Service:
         self._announced_cancels: dict[str, frozenset[str]] = {}
         self.on_new_events: Callable[[], None] = lambda: None  # the webhook sender's wake-up
         self._tasks: list[asyncio.Task[Any]] = []
+        self._deliveries_seen = 0
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -116,7 +117,11 @@ class Service:
                 signal.notify()
         if fx.work_changed or fx.cancelled_on:
             self.work.notify()
-        if fx.run_ids:
+        # Wake the webhook sender only when a commit added outbox rows (most
+        # writes add none; waking it costs two queries).
+        committed = self.store.deliveries_committed
+        if committed != self._deliveries_seen:
+            self._deliveries_seen = committed
             self.on_new_events()
 
     # -- definitions ---------------------------------------------------------------------

@@ -4,9 +4,14 @@ Design:
 - ``Store`` is the only class that talks SQL. Its async methods are shaped by
   what the domain needs (create a run, append an event, claim, heartbeat...),
   so another backend can implement the same interface.
-- Every write is one function run in the writer connection's thread between
-  ``BEGIN IMMEDIATE`` and ``COMMIT`` (``_write``): an API call is exactly one
-  atomic transaction and concurrent claims are serialised by construction.
+- Every write is one function run in the writer connection's thread
+  (``_write``), atomically: an API call is all or nothing, and concurrent
+  claims are serialised by construction. Writes that queue up while one is
+  being committed are committed together (group commit): one ``BEGIN
+  IMMEDIATE``/``COMMIT`` around them, each call inside its own ``SAVEPOINT``,
+  so a call that fails rolls back only its own changes. A caller hears back
+  only after the ``COMMIT``; one commit per batch instead of one per call is
+  what lets many concurrent clients write quickly.
 - Reads use a second connection; WAL lets them run beside the writer.
 - The rules (state machine, placement) are pure functions from
   ``statemachine`` and ``scheduler``; the store loads rows, calls them, and
@@ -15,6 +20,7 @@ Design:
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 import uuid
@@ -336,6 +342,19 @@ class Store:
         # Valid while only this process writes (always: one server per file).
         self._online: list[scheduler.WorkerShape] | None = None
         self._explained: dict[bytes, str | None] = {}
+        # Group commit: writes waiting for the one in flight, and the task
+        # that commits them in batches.
+        self._queued: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._writing = False
+        self._flusher: asyncio.Task[None] | None = None
+        # Outbox rows committed so far (read on the event loop, so the webhook
+        # sender is woken only by writes that gave it something to send), and
+        # those written by the transaction in progress (writer thread only).
+        self.deliveries_committed = 0
+        self._deliveries_pending = 0
+        # Run rows as _load_run read them (the object and its stored values),
+        # so _save can write only what changed (writer thread only).
+        self._loaded: dict[int, tuple[RunRow, tuple[Any, ...]]] = {}
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -388,6 +407,11 @@ class Store:
             raise StoreError(f"{self.path} failed its integrity check: {problem}")
 
     async def close(self) -> None:
+        if self._flusher is not None and not self._flusher.done():
+            try:
+                await self._flusher
+            except BaseException:
+                pass
         for conn in (self._r, self._w):
             if conn is not None:
                 try:
@@ -397,21 +421,117 @@ class Store:
         self._r = self._w = None
 
     async def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(conn, *args)`` atomically; return once it is committed."""
         assert self._w is not None, "store is not open"
-        return await self._w._execute(self._in_tx, fn, args)
+        if not self._writing:
+            # Nothing in flight: run it at once, in a transaction of its own.
+            self._writing = True
+            try:
+                return await self._w._execute(self._in_tx, fn, args)
+            finally:
+                self._writing = False
+                self._start_flusher()
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queued.append((fn, args, future))
+        return await future
+
+    _MAX_BATCH = 256
+
+    def _start_flusher(self) -> None:
+        if self._queued and not self._writing:
+            self._writing = True
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        """Commit the queued writes, a batch per transaction, until none is left."""
+        try:
+            while self._queued and self._w is not None:
+                batch = self._queued[: self._MAX_BATCH]
+                del self._queued[: self._MAX_BATCH]
+                try:
+                    outcomes = await self._w._execute(self._in_batch, batch)
+                except BaseException as exc:  # the connection itself failed
+                    outcomes = [(False, exc)] * len(batch)
+                for (_, _, future), (ok, value) in zip(batch, outcomes, strict=True):
+                    if future.done():  # its caller went away; the write still happened
+                        continue
+                    if ok:
+                        future.set_result(value)
+                    else:
+                        future.set_exception(value)
+            for _, _, future in self._queued:  # the store was closed under them
+                if not future.done():
+                    future.set_exception(RuntimeError("store is closed"))
+            self._queued.clear()
+        finally:
+            self._writing = False
+
+    def _in_batch(
+        self, batch: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]]
+    ) -> list[tuple[bool, Any]]:
+        """One transaction for several writes, each inside its own savepoint."""
+        if len(batch) == 1:
+            fn, args, _ = batch[0]
+            try:
+                return [(True, self._in_tx(fn, args))]
+            except Exception as exc:
+                return [(False, exc)]
+        conn = self._w._conn  # type: ignore[union-attr]
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for fn, args, _ in batch:
+                conn.execute("SAVEPOINT gyoza_call")
+                pending = self._deliveries_pending
+                try:
+                    result = fn(conn, *args)
+                except Exception as exc:
+                    if not conn.in_transaction:
+                        raise  # SQLite rolled back the whole transaction
+                    conn.execute("ROLLBACK TO gyoza_call")
+                    conn.execute("RELEASE gyoza_call")
+                    self._online = None
+                    self._explained.clear()
+                    self._loaded.clear()
+                    self._deliveries_pending = pending
+                    outcomes.append((False, exc))
+                    continue
+                conn.execute("RELEASE gyoza_call")
+                outcomes.append((True, result))
+            conn.execute("COMMIT")
+        except Exception as exc:
+            # Nothing of this batch was committed: every call in it fails.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._online = None
+            self._explained.clear()
+            self._loaded.clear()
+            self._deliveries_pending = 0
+            return [(False, exc)] * len(batch)
+        self._publish_deliveries()
+        return outcomes
 
     def _in_tx(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         conn = self._w._conn  # type: ignore[union-attr]
         conn.execute("BEGIN IMMEDIATE")
         try:
             result = fn(conn, *args)
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             self._online = None
             self._explained.clear()
+            self._loaded.clear()
+            self._deliveries_pending = 0
             raise
-        conn.execute("COMMIT")
+        self._publish_deliveries()
         return result
+
+    def _publish_deliveries(self) -> None:
+        if self._deliveries_pending:
+            self.deliveries_committed += self._deliveries_pending
+            self._deliveries_pending = 0
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         assert self._r is not None, "store is not open"
@@ -507,10 +627,14 @@ class Store:
         )
         cons = _enc.encode(spec.constraints)
         run.scheduling = self._explain(c, cons, spec.constraints)
+        ch = Change(run=run, current=statemachine.new_attempt(1, now), now=now, epoch=epoch)
+        ch.attempts.append(ch.current)  # type: ignore[arg-type]
+        ch.emit(EventType.QUEUED, "queued")
+        # The row goes in complete (last_event_id included), so _save need not update it.
         cur = c.execute(
             "INSERT INTO runs (id, definition, version, state, priority, attempt, spec, "
-            "constraints, cpu_milli, ram_mb, gpus, scheduling, created_at, updated_at) "
-            "VALUES (?, ?, ?, 'PENDING', ?, 1, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "constraints, cpu_milli, ram_mb, gpus, scheduling, last_event_id, created_at, "
+            "updated_at) VALUES (?, ?, ?, 'PENDING', ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 run.id,
                 definition,
@@ -522,15 +646,13 @@ class Store:
                 spec.constraints.ram_mb,
                 spec.constraints.gpus,
                 run.scheduling,
+                run.last_event_id,
                 now,
-                now,
+                run.updated_at,
             ),
         )
         run.seq = cur.lastrowid  # type: ignore[assignment]
-        ch = Change(run=run, current=statemachine.new_attempt(1, now), now=now, epoch=epoch)
-        ch.attempts.append(ch.current)  # type: ignore[arg-type]
-        ch.emit(EventType.QUEUED, "queued")
-        self._save(c, [ch])
+        self._save(c, [ch], runs_stored=True)
         return to_op_run(run), WriteEffects([run.id], True, set())
 
     def _load_run(self, c: sqlite3.Connection, run_id: str, *, with_attempt: bool = True) -> Change:
@@ -538,6 +660,8 @@ class Store:
         if row is None:
             raise NotFound(f"no run {run_id!r}; list runs with GET /runs")
         run = _run_from_row(row)
+        # The stored values in the order of _save's UPDATE parameters.
+        self._loaded[run.seq] = (run, (*row[4:12], *row[13:17], *row[18:21]))
         current = None
         if with_attempt:
             arow = c.execute(
@@ -597,8 +721,11 @@ class Store:
     async def retry_run(self, run_id: str) -> tuple[OpRun, WriteEffects]:
         return await self._write(self._mutate, run_id, statemachine.manual_retry)
 
-    def _save(self, c: sqlite3.Connection, changes: Sequence[Change]) -> None:
-        """Write back runs, touched attempts, new events and their outbox rows."""
+    def _save(self, c: sqlite3.Connection, changes: Sequence[Change], *, runs_stored: bool = False) -> None:
+        """Write back runs, touched attempts, new events and their outbox rows.
+
+        ``runs_stored``: the run rows were just inserted as they are; skip their UPDATE.
+        """
         if not changes:
             return
         for ch in changes:
@@ -607,32 +734,56 @@ class Store:
                 ch.run.scheduling = self._explain(c, cons, ch.run.spec.constraints)
             elif ch.run.state is not S.PENDING:
                 ch.run.scheduling = None
-        c.executemany(
-            "UPDATE runs SET state=?, priority=?, attempt=?, worker_id=?, gpu_ids=?, error=?, "
-            "scheduling=?, outputs=?, not_before=?, reserved_on=?, assigned_epoch=?, "
-            "last_event_id=?, updated_at=?, started_at=?, finished_at=? WHERE seq=?",
-            [
+        if not runs_stored:
+            rows = [
                 (
-                    r.state.value,
-                    r.priority,
-                    r.attempt,
-                    r.worker_id,
-                    _enc.encode(r.gpu_ids),
-                    r.error,
-                    r.scheduling,
-                    None if r.outputs is None else _enc.encode(r.outputs),
-                    r.not_before,
-                    r.reserved_on,
-                    r.assigned_epoch,
-                    r.last_event_id,
-                    r.updated_at,
-                    r.started_at,
-                    r.finished_at,
-                    r.seq,
+                    r,
+                    (
+                        r.state.value,
+                        r.priority,
+                        r.attempt,
+                        r.worker_id,
+                        _enc.encode(r.gpu_ids),
+                        r.error,
+                        r.scheduling,
+                        None if r.outputs is None else _enc.encode(r.outputs),
+                        r.not_before,
+                        r.reserved_on,
+                        r.assigned_epoch,
+                        r.last_event_id,
+                        r.updated_at,
+                        r.started_at,
+                        r.finished_at,
+                        r.seq,
+                    ),
                 )
                 for r in (ch.run for ch in changes)
-            ],
-        )
+            ]
+            full, light = [], []
+            for r, params in rows:
+                loaded = self._loaded.pop(r.seq, None)
+                if (
+                    loaded is not None
+                    and loaded[0] is r
+                    and loaded[1][:11] == params[:11]
+                    and loaded[1][13:] == params[13:15]
+                ):
+                    # Only the event counter and updated_at moved (a LOG or
+                    # PROGRESS event): leave the indexed columns alone, so the
+                    # commit writes fewer pages.
+                    light.append((params[11], params[12], r.seq))
+                else:
+                    full.append(params)
+            if full:
+                c.executemany(
+                    "UPDATE runs SET state=?, priority=?, attempt=?, worker_id=?, gpu_ids=?, "
+                    "error=?, scheduling=?, outputs=?, not_before=?, reserved_on=?, "
+                    "assigned_epoch=?, last_event_id=?, updated_at=?, started_at=?, "
+                    "finished_at=? WHERE seq=?",
+                    full,
+                )
+            if light:
+                c.executemany("UPDATE runs SET last_event_id=?, updated_at=? WHERE seq=?", light)
         c.executemany(
             f"INSERT OR REPLACE INTO attempts (run_seq, {_ATTEMPT_COLS}) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -705,6 +856,7 @@ class Store:
                 "next_attempt_at, body, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 delivery_rows,
             )
+            self._deliveries_pending += len(delivery_rows)
 
     # -- run reads -------------------------------------------------------------------
 

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import socket
 import subprocess
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from gyoza.client import AsyncGyozaClient
@@ -244,3 +248,55 @@ async def test_container_gets_its_limits_labels_inputs_folder_and_no_extra_privi
     mounts = {m["Destination"]: m for m in info["Mounts"]}
     assert list(mounts) == ["/gyoza"]  # and never the Docker socket
     assert not Path(mounts["/gyoza"]["Source"]).exists()  # removed after the attempt
+
+
+@pytest.fixture
+def local_registry(docker_engine, tmp_path) -> Iterator[str]:
+    """A throwaway registry on loopback (Debian package docker-registry); yields host:port."""
+    binary = shutil.which("docker-registry") or shutil.which("registry")
+    if binary is None:
+        pytest.skip("no registry binary (apt-get install docker-registry)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "registry.yml"
+    config.write_text(
+        "version: 0.1\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {tmp_path / 'registry'}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+    )
+    proc = subprocess.Popen([binary, "serve", str(config)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=1)
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "registry did not start"
+                time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def test_absent_image_is_pulled_with_progress_in_the_log(gserver, api, busybox_image, local_registry, tmp_path):
+    image = f"{local_registry}/gyoza-test/pulled:{uuid.uuid4().hex[:8]}"
+    for args in (["tag", busybox_image, image], ["push", image], ["rmi", image]):
+        done = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+    run = await api.create_run(image, {}, command=sh("echo pulled and ran"))
+    try:
+        async with running_worker(worker_options(gserver.url, tmp_path)):
+            done = await wait_for_run(api, run["id"], timeout=60)
+    finally:
+        subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
+
+    assert done["state"] == "COMPLETED", done["error"]
+    lines = log_lines(done)
+    pull_lines = [line for line in lines if line.startswith("[pull] ")]
+    assert pull_lines[0] == f"[pull] pulling image {image}"
+    assert any("Downloaded newer image" in line or "Digest:" in line for line in pull_lines)
+    assert lines.index("pulled and ran") > lines.index(pull_lines[-1])

@@ -51,3 +51,20 @@ def test_inputs_too_large_for_an_environment_variable_go_only_to_the_inputs_file
     assert not any(item.startswith("GYOZA_INPUTS=") for item in config["Env"])
     small = DockerRuntime(tmp_path)._config(spec(inputs={"n": 1}), Path("/w"))
     assert 'GYOZA_INPUTS={"n": 1}' in small["Env"]
+
+
+def test_pulls_use_this_machines_docker_login(tmp_path, monkeypatch):
+    import base64
+    import json
+
+    from gyoza.runtime import registry_auth
+
+    token = base64.b64encode(b"me:s3cret").decode()
+    (tmp_path / "config.json").write_text(json.dumps({"auths": {
+        "ghcr.io": {"auth": token},
+        "https://index.docker.io/v1/": {"auth": base64.b64encode(b"hub:pw").decode()},
+    }}))
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    assert registry_auth("ghcr.io/me/op:1") == {"username": "me", "password": "s3cret", "serveraddress": "ghcr.io"}
+    assert registry_auth("me/op:1")["username"] == "hub"
+    assert registry_auth("quay.io/x/y") is None
