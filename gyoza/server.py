@@ -20,7 +20,7 @@ import msgspec
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from . import errors
@@ -37,6 +37,7 @@ from .models import (
 )
 from .service import Service
 from .store import Store
+from .webui import ui_routes
 
 log = logging.getLogger("gyoza.server")
 
@@ -308,7 +309,7 @@ def build_app(config: ServerConfig, background: Sequence[BackgroundTask] = ()) -
             await service.stop()
             await store.close()
 
-    routes = api.routes()
+    routes = api.routes() + ui_routes()
     app = Starlette(
         routes=routes,
         lifespan=lifespan,

@@ -1298,10 +1298,18 @@ class Store:
 
         return await self._read(q)
 
-    async def next_delivery_at(self) -> float | None:
+    async def next_delivery_at(self, busy_runs: Iterable[str] = ()) -> float | None:
+        """When the next delivery becomes eligible: the earliest ``next_attempt_at``
+        among the head of each run's queue, runs in ``busy_runs`` left out (rows
+        queued behind a head are not eligible, whatever their own time)."""
+        busy = sorted(set(busy_runs))
+        skip = f" AND r.id NOT IN ({','.join('?' * len(busy))})" if busy else ""
         return await self._read(
             lambda c: c.execute(
-                "SELECT min(next_attempt_at) FROM deliveries WHERE status='PENDING'"
+                "SELECT min(d.next_attempt_at) FROM deliveries d JOIN runs r ON r.seq = d.run_seq "
+                "WHERE d.status='PENDING' AND d.id = (SELECT min(id) FROM deliveries d2 "
+                "WHERE d2.run_seq = d.run_seq AND d2.status='PENDING')" + skip,
+                busy,
             ).fetchone()[0]
         )
 
