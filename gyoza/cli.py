@@ -651,7 +651,7 @@ def worker_cmd(ctx: click.Context, server_url: str | None, worker_api_key: str |
     """Run containers for a gyoza server (SIGTERM drains, a second one stops ops)."""
     import asyncio
 
-    from .worker import run_worker
+    from .worker import WorkerRefused, run_worker
 
     options = _worker_options(
         kw,
@@ -660,7 +660,10 @@ def worker_cmd(ctx: click.Context, server_url: str | None, worker_api_key: str |
         heartbeat_interval=heartbeat_interval,
     )
     _configure_worker_logging()
-    asyncio.run(run_worker(options))
+    try:
+        asyncio.run(run_worker(options))
+    except WorkerRefused as exc:
+        raise CliError(str(exc)) from None
 
 
 def _loopback_url(config: ServerConfig) -> str:

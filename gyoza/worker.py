@@ -52,7 +52,7 @@ from .runtime import (
 
 log = logging.getLogger("gyoza.worker")
 
-__all__ = ["WorkerOptions", "Worker", "default_worker_id", "default_state_dir", "run_worker"]
+__all__ = ["WorkerOptions", "Worker", "WorkerRefused", "default_worker_id", "default_state_dir", "run_worker"]
 
 PROTOCOL_PREFIX = "GYOZA:"
 TAIL_LINES = 20
@@ -121,6 +121,10 @@ class WorkerOptions:
     log_batch_lines: int = 100
     max_pending_bytes: int = 4 * 1024 * 1024
     request_timeout: float = 10.0
+
+
+class WorkerRefused(Exception):
+    """The server refuses this worker (wrong API key, invalid worker id): fatal at start."""
 
 
 class _Backoff:
@@ -650,7 +654,8 @@ class Worker:
                 return True
             except GyozaAPIError as exc:
                 if exc.status_code in (400, 401):
-                    log.error("the server refused this worker: %s", exc)
+                    # A wrong API key or an invalid worker id: retrying cannot help.
+                    raise WorkerRefused(f"the server refused this worker: {exc.detail}") from None
                 self._server_unreachable(exc)
             except (httpx.TransportError, OSError) as exc:
                 self._server_unreachable(exc)
@@ -697,7 +702,11 @@ class Worker:
                 self._server_back()
             except GyozaAPIError as exc:
                 if exc.status_code == 404:  # the server forgot us (new database): register again
-                    await self._register()
+                    try:
+                        await self._register()
+                    except WorkerRefused as refused:
+                        log.error("%s", refused)
+                        await backoff.sleep()
                     continue
                 self._server_unreachable(exc)
                 await backoff.sleep()

@@ -295,3 +295,18 @@ def test_gyoza_up_without_docker_still_serves_and_says_why_it_takes_no_work(tmp_
         assert up.output().count("not taking work") == 1  # said once, not every retry
     finally:
         assert up.stop(timeout=20) in (0, -signal.SIGTERM)
+
+
+@pytest.mark.docker
+def test_worker_with_a_wrong_api_key_exits_with_one_clear_line(docker_engine, tmp_path):
+    with GyozaTestServer(db=str(tmp_path / "k.db"), api_keys=("right",)) as keyed:
+        worker = Process(
+            ["worker", "--server", keyed.url, "--api-key", "wrong", "--worker-id", new_worker_id(),
+             "--state-dir", str(tmp_path / "state")],
+            tmp_path / "worker.log",
+        )
+        assert worker.proc.wait(20) == 1
+        worker.stop()
+    errors = [line for line in worker.output().splitlines() if line.startswith("Error:")]
+    assert errors == ["Error: the server refused this worker: wrong API key in X-API-Key"]
+    assert "Traceback" not in worker.output()
