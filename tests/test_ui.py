@@ -112,6 +112,13 @@ class Page:
         print(f"screenshot: {path}")
         return path
 
+    def fits(self, width: int = 390) -> None:
+        """At a phone's width the page needs no sideways scrolling."""
+        self.page.set_viewport_size({"width": width, "height": 844})
+        self.page.wait_for_timeout(100)
+        assert self.page.evaluate("document.documentElement.scrollWidth") <= width
+        self.shot(f"{self.page.title().split(' ')[0].lower()}-{width}")
+
     def check_clean(self) -> None:
         """No JS errors, and no request left the server's origin."""
         assert not self.errors, self.errors
@@ -299,6 +306,7 @@ def test_run_detail_log_tail_cancel_and_refused_retry(tab, api, ui_server):
     expect(p.locator("#action-message")).to_contain_text("Retry refused")
     expect(p.locator("#run-attempts tr[data-attempt='1']")).to_contain_text("CANCELLED")
     tab.shot("run-detail-cancelled")
+    tab.fits(390)
     tab.check_clean()
 
 
@@ -347,6 +355,9 @@ def test_definitions_and_run_form_validate_against_the_schema(tab, api, ui_serve
     assert created["definition"] == "train" and created["version"] == "2"
     assert created["inputs"] == {"prompt": "a dumpling", "steps": 25, "fp16": True, "size": "large"}
     tab.shot("definition-run-created")
+    p.go_back()
+    expect(p.locator("#input-schema")).to_be_visible()
+    tab.fits(390)
     tab.check_clean()
 
 

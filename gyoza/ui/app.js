@@ -737,7 +737,7 @@
     return h('section', { class: 'panel worker', 'data-worker-id': w.worker_id },
       h('div', { class: 'head' }, h('h2', { class: 'mono', text: w.worker_id }), badge(w.status),
         h('span', { class: 'muted' }, 'heartbeat ', timeEl(w.last_heartbeat_at))),
-      h('p', null, tags(w.tags)),
+      w.tags && w.tags.length ? h('p', null, tags(w.tags)) : null,
       meter('CPU', res.cpu_cores - free.cpu_cores, res.cpu_cores, (v) => `${fmtCores(v)}`),
       meter('RAM', res.ram_mb - free.ram_mb, res.ram_mb, fmtMb),
       h('p', null, h('span', { class: 'muted', text: 'Running: ' }), runs.length ? runs.flatMap((a, i) => (i ? [', ', a] : [a])) : h('span', { class: 'muted', text: 'nothing' })),
