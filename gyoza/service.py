@@ -73,6 +73,7 @@ class Service:
         self.work = Signal()  # claimable work or free capacity may have appeared
         self._run_signals: dict[str, Signal] = {}
         self._announced_cancels: dict[str, frozenset[str]] = {}
+        self._claiming: dict[str, int] = {}  # worker id -> long-poll claims waiting now
         self.on_new_events: Callable[[], None] = lambda: None  # the webhook sender's wake-up
         self._tasks: list[asyncio.Task[Any]] = []
         self._deliveries_seen = 0
@@ -98,7 +99,9 @@ class Service:
         period = min(self.config.heartbeat_interval, self.config.worker_timeout / 4)
         while True:
             try:
-                gone, fx = await self.store.expire_workers(self.config.worker_timeout)
+                gone, fx = await self.store.expire_workers(
+                    self.config.worker_timeout, alive=self._claiming
+                )
                 if gone:
                     log.warning("workers OFFLINE (no heartbeat for %.0fs): %s",
                                 self.config.worker_timeout, ", ".join(gone))
@@ -261,7 +264,15 @@ class Service:
                 return result
             if outcome.next_ready_at is not None:
                 remaining = min(remaining, max(outcome.next_ready_at - time.time(), 0) + 0.005)
-            await wait_for_signal(waiter, remaining)
+            # A worker waiting here is alive: the liveness loop refreshes its clock.
+            self._claiming[worker_id] = self._claiming.get(worker_id, 0) + 1
+            try:
+                await wait_for_signal(waiter, remaining)
+            finally:
+                if self._claiming[worker_id] <= 1:
+                    del self._claiming[worker_id]
+                else:
+                    self._claiming[worker_id] -= 1
 
 
 def _int_param(name: str, raw: str | None, *, default, low: int, high: int):

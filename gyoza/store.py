@@ -1235,12 +1235,24 @@ class Store:
 
     # -- liveness -----------------------------------------------------------------------------------
 
-    async def expire_workers(self, timeout: float) -> tuple[list[str], WriteEffects]:
-        """Mark workers silent for ``timeout`` OFFLINE and lose their runs."""
-        return await self._write(self._expire_workers, timeout)
+    async def expire_workers(
+        self, timeout: float, alive: Iterable[str] = ()
+    ) -> tuple[list[str], WriteEffects]:
+        """Mark workers silent for ``timeout`` OFFLINE and lose their runs.
 
-    def _expire_workers(self, c: sqlite3.Connection, timeout: float):
+        ``alive``: workers with a claim open right now (a long-poll claim is
+        a sign of life for as long as it waits); their clock is refreshed.
+        """
+        return await self._write(self._expire_workers, timeout, sorted(alive))
+
+    def _expire_workers(self, c: sqlite3.Connection, timeout: float, alive: Sequence[str] = ()):
         epoch = time.time()
+        if alive:
+            c.execute(
+                f"UPDATE workers SET last_seen=? WHERE worker_id IN ({','.join('?' * len(alive))}) "
+                "AND status='ONLINE'",
+                (epoch, *alive),
+            )
         gone = [
             w
             for (w,) in c.execute(
