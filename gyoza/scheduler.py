@@ -83,6 +83,8 @@ def explain(c: Constraints, workers: Sequence[WorkerShape]) -> str | None:
     missing_tags = [t for t in c.tags if not any(t in w.tags for w in workers)]
     if missing_tags:
         names = ", ".join(f"'{t}'" for t in missing_tags)
+        if len(missing_tags) > 1:
+            return f"needs tags {names}; no online worker has them"
         return f"needs tag {names}; no online worker has it"
     reasons: list[str] = []
     for w in workers:

@@ -339,3 +339,19 @@ def test_scheduling_says_no_worker_online_once_the_only_worker_goes_offline(quic
     wait_until(lambda: offline(quick, "w1"), timeout=10)
     assert quick.get_run(waiting)["scheduling"] == "no worker online"
     assert quick.get_run(busy)["scheduling"] == "no worker online"
+
+
+def test_the_liveness_clock_continues_from_the_last_heartbeat_across_a_restart(tmp_path):
+    server = GyozaTestServer(db=str(tmp_path / "g.db"), heartbeat_interval=0.25, worker_timeout=2.0)
+    with server, server.client() as client:
+        w = FakeWorker(client, "w1")
+        w.heartbeat()
+        rid = run(client)
+        w.claim()
+        server.stop()
+        time.sleep(2.1)
+        server.start()
+        # A clock restarted at start-up would wait 2 s more; the persisted one is already due.
+        wait_until(lambda: offline(client, "w1"), timeout=1.5)
+        got = client.get_run(rid)
+        assert (got["state"], got["attempt"], got["attempts"][0]["reason"]) == ("PENDING", 2, "LOST")

@@ -342,3 +342,9 @@ def test_worker_list_shows_status_free_resources_and_running_ops(client):
     ]
     assert listed["cancel"] == []
     assert listed["first_seen_at"] and listed["last_heartbeat_at"]
+
+
+def test_scheduling_names_every_tag_no_online_worker_has(client):
+    FakeWorker(client, "w1", resources(), tags=["x86"]).heartbeat()
+    rid = run(client, tags=["a100", "nvme", "x86"])
+    assert scheduling(client, rid) == "needs tags 'a100', 'nvme'; no online worker has them"
