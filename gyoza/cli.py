@@ -287,9 +287,12 @@ def _follow_run(ctx, client, run_id: str, *, cancel_on_interrupt: bool = False,
     ctx.exit(0 if final.get("state") == "COMPLETED" else 1)
 
 
-@cli.group()
-def runs() -> None:
-    """List, inspect, cancel and retry runs."""
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def runs(ctx: click.Context) -> None:
+    """List, inspect, cancel and retry runs (`gyoza runs` alone: `runs ls`)."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(runs_ls)
 
 
 def _run_row(run: dict[str, Any]) -> list[Any]:
@@ -436,9 +439,12 @@ def runs_retry(ctx: click.Context, run_id: str, as_json: bool) -> None:
         click.echo(f"run {run['id']} {run['state']} (attempt {run.get('attempt')})")
 
 
-@cli.group()
-def defs() -> None:
-    """List and inspect op definitions."""
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def defs(ctx: click.Context) -> None:
+    """List and inspect op definitions (`gyoza defs` alone: `defs ls`)."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(defs_ls)
 
 
 @defs.command("ls")

@@ -206,3 +206,11 @@ def test_workers_with_none_says_how_to_add_one(gyoza_server):
     result = gyoza(gyoza_server.url, "workers")
     assert result.exit_code == 0
     assert "gyoza worker --server" in result.stdout
+
+
+def test_runs_and_defs_alone_list_like_ls(gyoza_server, client, defs):
+    run_id = client.create_run_from_definition("hello", {}, version="1")["id"]
+    runs = gyoza(gyoza_server.url, "runs")
+    definitions = gyoza(gyoza_server.url, "defs")
+    assert runs.exit_code == 0 and run_id in runs.stdout
+    assert definitions.exit_code == 0 and definitions.stdout.startswith("NAME")
