@@ -224,6 +224,7 @@ def complete(ch: Change, outputs: dict[str, Any] | None) -> None:
         run.outputs = {**(run.outputs or {}), **outputs}
     run.state = S.COMPLETED
     run.finished_at = ch.now
+    run.error = None  # earlier attempts' errors stay in the attempt history
     att = ch.attempt_row()
     att.state, att.finished_at = S.COMPLETED, ch.now
 
@@ -326,7 +327,8 @@ def apply_patch(ch: Change, patch: RunPatch) -> None:
         if run.state is S.PENDING:
             raise BadRequest(f"run {run.id} is PENDING; only CANCELLED is accepted")
         complete(ch, patch.outputs)
-        ch.release()
+        # Set by a user, not the worker: like a cancel, the worker keeps its
+        # reservation until it stops reporting the run (it learns via cancel).
         ch.emit(E.COMPLETED)
         return
     if patch.outputs is not None:

@@ -276,6 +276,20 @@ def test_a_cancelled_run_keeps_its_reservation_until_the_worker_stops_reporting_
     assert w.claim_ids() == [second]
 
 
+def test_a_run_a_user_ends_by_patch_keeps_its_reservation_until_the_worker_stops_it(client):
+    w = FakeWorker(client, "w1", resources(cpu=1))
+    w.heartbeat()
+    first = run(client)
+    w.claim()
+    w.start(first)
+    client.update_run(first, state="COMPLETED", outputs={"by": "hand"})
+    second = run(client)
+    assert w.claim() == {"ops": [], "cancel": [first]}
+    w.forget(first)
+    w.heartbeat()
+    assert w.claim_ids() == [second]
+
+
 def test_a_cancelled_run_frees_its_reservation_when_its_worker_goes_offline(quick):
     w = FakeWorker(quick, "w1", resources(cpu=1))
     w.heartbeat()
