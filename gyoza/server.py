@@ -210,7 +210,7 @@ class Api:
         await read_body(request, self.config.max_body_bytes)
         run_id = request.path_params["run_id"]
         raw = request.path_params["delivery_id"]
-        if not raw.isdigit() or len(raw) > 18:
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
             raise NotFound(f"no delivery {raw[:40]!r} on run {run_id!r}")
         await self.svc.store.redeliver(run_id, int(raw))
         self.svc.on_new_events()
@@ -338,8 +338,6 @@ def configure_logging() -> None:
 
 def serve(config: ServerConfig, background: Sequence[BackgroundTask] = ()) -> None:
     """Run the server until SIGINT/SIGTERM (uvicorn shuts down cleanly on both)."""
-    import uvicorn
-
     from .store import StoreError
 
     configure_logging()
@@ -359,18 +357,26 @@ def serve(config: ServerConfig, background: Sequence[BackgroundTask] = ()) -> No
         file=sys.stderr,
         flush=True,
     )
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=config.host,
-            port=config.port,
-            log_level="warning",
-            access_log=False,
-            lifespan="on",
-            timeout_graceful_shutdown=5,
-        )
-    )
+    server = uvicorn_server(app, host=config.host, port=config.port, timeout_graceful_shutdown=5)
     server.run()
+
+
+def uvicorn_server(app: Starlette, **options: Any) -> Any:
+    """A uvicorn server whose shutdown first ends the app's open long-polls.
+
+    uvicorn waits for in-flight requests before the lifespan shutdown runs,
+    so without this a worker's 25 s claim long-poll would hold up every stop.
+    """
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: Any = None) -> None:
+            service = getattr(app.state, "service", None)
+            if service is not None:
+                service.begin_shutdown()
+            await super().shutdown(sockets=sockets)
+
+    return Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", **options))
 
 
 async def _check_db(config: ServerConfig) -> None:

@@ -77,6 +77,7 @@ class Service:
         self.on_new_events: Callable[[], None] = lambda: None  # the webhook sender's wake-up
         self._tasks: list[asyncio.Task[Any]] = []
         self._deliveries_seen = 0
+        self.closing = False  # set at shutdown: long-polls answer at once
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -92,6 +93,14 @@ class Service:
             except (asyncio.CancelledError, Exception):
                 pass
         self._tasks.clear()
+
+    def begin_shutdown(self) -> None:
+        """End every open long-poll now, so shutdown never waits on them."""
+        self.closing = True
+        self.work.notify()
+        for signal in list(self._run_signals.values()):
+            signal.notify()
+        self._run_signals.clear()
 
     async def _liveness_loop(self) -> None:
         # Check at least once per heartbeat interval (SPEC §4), more often
@@ -225,7 +234,7 @@ class Service:
             waiter = signal.waiter()
             bodies, terminal = await self.store.events_after(run_id, after_id, n)
             remaining = deadline - time.monotonic()
-            if bodies or terminal or remaining <= 0:
+            if bodies or terminal or remaining <= 0 or self.closing:
                 return bodies
             await wait_for_signal(waiter, remaining)
 
@@ -260,7 +269,7 @@ class Service:
             fresh_cancel = bool(cancels - self._announced_cancels.get(worker_id, frozenset()))
             self._announced_cancels[worker_id] = cancels
             remaining = deadline - time.monotonic()
-            if result.ops or fresh_cancel or remaining <= 0:
+            if result.ops or fresh_cancel or remaining <= 0 or self.closing:
                 return result
             if outcome.next_ready_at is not None:
                 remaining = min(remaining, max(outcome.next_ready_at - time.time(), 0) + 0.005)

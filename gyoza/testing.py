@@ -24,7 +24,7 @@ from typing import Any
 
 from .client import AsyncGyozaClient, GyozaClient
 from .config import ServerConfig
-from .server import BackgroundTask, build_app
+from .server import BackgroundTask, build_app, uvicorn_server
 
 __all__ = ["GyozaTestServer"]
 
@@ -82,16 +82,12 @@ class GyozaTestServer:
         self.config = dataclasses.replace(self.config, **changes)
 
     def start(self) -> GyozaTestServer:
-        import uvicorn
-
         if self._thread is not None:
             return self
         if self._sock.fileno() == -1:
             self._sock = self._bind(self.config.port)
         app = build_app(self.config, self._background)
-        self._server = uvicorn.Server(
-            uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
-        )
+        self._server = uvicorn_server(app)
         self._error = None
         started = threading.Event()
 
