@@ -1198,7 +1198,10 @@ class Store:
             self._save(c, changes)
             fx.run_ids = [r.id for r in runs]
         nxt = c.execute(
-            "SELECT min(not_before) FROM runs WHERE state='PENDING' AND not_before > ?", (epoch,)
+            # INDEXED BY: left to itself the planner walks runs_by_state, every PENDING row.
+            "SELECT min(not_before) FROM runs INDEXED BY runs_backoff "
+            "WHERE state='PENDING' AND not_before > ?",
+            (epoch,),
         ).fetchone()[0]
         return ClaimOutcome(ClaimResult(ops=ops, cancel=cancel), nxt, bool(ops)), fx
 
