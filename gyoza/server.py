@@ -87,6 +87,12 @@ async def read_body(request: Request, limit: int) -> bytes:
     return body
 
 
+async def _disconnect(request: Request) -> None:
+    """Return when the client hangs up (its body has been read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 class Api:
     """The routes, bound to one service."""
 
@@ -227,10 +233,25 @@ class Api:
     async def claim(self, request: Request) -> Response:
         await read_body(request, self.config.max_body_bytes)
         q = request.query_params
-        result = await self.svc.claim(
+        claim = self.svc.claim(
             request.path_params["worker_id"], wait=q.get("wait"), max_ops=q.get("max")
         )
-        return json_response(result)
+        if not q.get("wait"):
+            return json_response(await claim)
+        # A long-poll whose worker hung up must stop waiting at once: else it
+        # would take the next run for a worker that never hears of it.
+        task = asyncio.ensure_future(claim)
+        hangup = asyncio.ensure_future(_disconnect(request))
+        try:
+            await asyncio.wait({task, hangup}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            hangup.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return Response(status_code=499)
+        return json_response(task.result())
 
     def routes(self) -> list[BaseRoute]:
         e = self.endpoint

@@ -14,6 +14,9 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
+import pytest
+
 from tests.fake_worker import FakeWorker, gpu, resources
 
 IMAGE = "busybox:latest"
@@ -170,6 +173,19 @@ def test_a_long_poll_claim_returns_empty_when_nothing_fits_before_the_wait_ends(
     t0 = time.monotonic()
     assert w.claim(wait=0.6) == {"ops": [], "cancel": []}
     assert time.monotonic() - t0 >= 0.55
+
+
+def test_a_run_created_after_a_claimer_hung_up_goes_to_a_live_worker(server, client):
+    gone, live = FakeWorker(client, "gone"), FakeWorker(client, "live")
+    gone.heartbeat()
+    live.heartbeat()
+    with httpx.Client(base_url=server.url, timeout=0.3) as impatient:
+        with pytest.raises(httpx.TimeoutException):
+            impatient.post("/workers/gone/claim", params={"wait": 10})
+    time.sleep(0.2)
+    rid = run(client)
+    assert live.claim_ids() == [rid]
+    assert client.get_run(rid)["worker_id"] == "live"
 
 
 def test_one_run_and_many_waiting_claimers_hand_it_out_once(server, client):
