@@ -56,6 +56,7 @@ BIG_WORKER = {"cpu_cores": 4096, "ram_mb": 100_000_000, "gpus": []}
 BENCH_IMAGE = "gyoza-bench-true:1"
 
 T0 = time.monotonic()
+LOAD_START = round(os.getloadavg()[0], 2)  # other work on the machine skews every figure
 
 
 # -- results -----------------------------------------------------------------------------
@@ -393,6 +394,19 @@ def load(server: Proc, method: str, path: str, body: bytes, *, procs: int, threa
     )
 
 
+def merge(parts: list[LoadResult]) -> LoadResult:
+    wall = sum(p.wall_s for p in parts)
+    return LoadResult(
+        ok=sum(p.ok for p in parts),
+        err=sum(p.err for p in parts),
+        wall_s=wall,
+        rate=sum(p.ok for p in parts) / wall,
+        client_cpu_share=sum(p.client_cpu_share * p.wall_s for p in parts) / wall,
+        server_cpu_share=sum(p.server_cpu_share * p.wall_s for p in parts) / wall,
+        lat_p50_ms=statistics.median(p.lat_p50_ms for p in parts),
+    )
+
+
 def describe(lr: LoadResult) -> str:
     return (f"({lr.ok:,} in {lr.wall_s:.1f}s, {lr.err} errors, p50 {lr.lat_p50_ms:.2f} ms; "
             f"CPU: server {lr.server_cpu_share:.0%} of a core, clients {lr.client_cpu_share:.0%})")
@@ -478,8 +492,16 @@ def phase_startup(r: Results) -> None:
 
 
 def phase_throughput(r: Results) -> None:
-    print("runs: create throughput, 100k fill, claim at depth", file=sys.stderr)
+    print("runs: claim at depth 100, create throughput, 100k fill, claim at depth 100k", file=sys.stderr)
     with running("server") as s:
+        # Claim latency with 100 PENDING runs, then (below) with 100,000, on
+        # the same server and worker.
+        samples = 15 if QUICK else 100
+        with api(s.url) as c:
+            for _ in range(100):
+                check(c.post("/runs", content=CREATE_BODY))
+            r.set("claim_p50_ms_100", claim_p50_ms(c, "bench-claim", samples))
+        cancelled = samples  # each claim sample cancels the run it got
         lr = load(s, "POST", "/runs", CREATE_BODY, procs=1, threads=1, duration=PHASE_S)
         r.set("create_runs_per_s_seq", lr.rate, describe(lr))
         r.extra["create_seq_client_cpu_share"] = round(lr.client_cpu_share, 2)
@@ -487,16 +509,16 @@ def phase_throughput(r: Results) -> None:
         r.set("create_runs_per_s_conc16", lr.rate, describe(lr) + " [4 procs x 4 clients]")
         r.set("create_errors_conc16", lr.err)
         r.extra["create_conc16_client_cpu_share"] = round(lr.client_cpu_share, 2)
-        created = _count_runs(s.url)
+        created = _count_runs(s.url) - cancelled
         if created < FILL:
             deep_queue_fill(s, FILL - created, r)
-        depth = _count_runs(s.url)  # all PENDING: nothing claimed them
+        depth = _count_runs(s.url) - cancelled  # PENDING runs
         r.extra["deep_queue_pending"] = depth
         time.sleep(1.0)
         note = "" if depth >= FILL else f"(only {depth:,} runs created in the time budget)"
         r.set("server_rss_after_100k_mb", s.rss_mb(), note)
         with api(s.url) as c:
-            c100k = claim_p50_ms(c, "bench-claim", 15 if QUICK else 100)
+            c100k = claim_p50_ms(c, "bench-claim", samples)
         r.set("claim_p50_ms_100k", c100k, f"(depth {depth:,})")
     r.extra["_c100k"] = c100k
 
@@ -510,7 +532,7 @@ def _count_runs(url: str) -> int:
 
 
 def phase_small_server(r: Results) -> None:
-    print("events, webhooks, long-poll, claim at depth 100", file=sys.stderr)
+    print("events, webhooks, long-poll wake-up", file=sys.stderr)
     receiver = WebhookReceiver()
     with running("server") as s, api(s.url) as c:
         heartbeat(c, "bench-w")
@@ -536,27 +558,31 @@ def phase_small_server(r: Results) -> None:
         r.set("longpoll_wake_p50_ms", statistics.median(wakes) if wakes else None,
               f"({len(wakes)} samples, from sending POST /runs; includes that request)")
 
-        run_id = assigned_run(c, "bench-w")
-        lr = load(s, "POST", f"/runs/{run_id}/events", LOG_BODY, procs=1, threads=1, duration=PHASE_S)
-        r.set("events_per_s_seq", lr.rate, describe(lr))
-        plain = lr.rate
-
+        # Events with and without a webhook, in alternating slices, so that a
+        # change in the machine's load during the phase hits both alike.
         receiver.start()
         try:
+            plain_run = assigned_run(c, "bench-w")
             delivery = {"url": receiver.url, "events": ["LOG"]}
-            run_id = assigned_run(c, "bench-w", {"event_delivery": delivery})
-            lr = load(s, "POST", f"/runs/{run_id}/events", LOG_BODY, procs=1, threads=1, duration=PHASE_S)
-            time.sleep(1.0)
-            r.extra["webhook_events_per_s"] = round(lr.rate, 1)
-            r.extra["webhooks_received_during_bench"] = receiver.count
-            note = f"({lr.rate:,.0f}/s with webhook; receiver got {receiver.count:,} of {lr.ok:,})"
-            r.set("webhook_ingest_ratio", lr.rate / plain, note)
+            hook_run = assigned_run(c, "bench-w", {"event_delivery": delivery})
+            plain, hooked = [], []
+            for _ in range(3):
+                for run_id, acc in ((plain_run, plain), (hook_run, hooked)):
+                    acc.append(load(s, "POST", f"/runs/{run_id}/events", LOG_BODY,
+                                    procs=1, threads=1, duration=PHASE_S / 2))
+            sent = sum(x.ok for x in hooked)
+            time.sleep(0.5)
         finally:
             receiver.stop()
+        p_rate = sum(x.ok for x in plain) / sum(x.wall_s for x in plain)
+        h_rate = sent / sum(x.wall_s for x in hooked)
+        r.set("events_per_s_seq", p_rate, describe(merge(plain)))
+        r.extra["webhook_events_per_s"] = round(h_rate, 1)
+        r.extra["webhooks_received_during_bench"] = receiver.count
+        r.set("webhook_ingest_ratio", h_rate / p_rate,
+              f"({h_rate:,.0f}/s with a LOG webhook; the receiver got {receiver.count:,} of {sent:,} "
+              "meanwhile: one request in flight per run, by design)")
 
-        for _ in range(100):
-            check(c.post("/runs", content=CREATE_BODY))
-        r.set("claim_p50_ms_100", claim_p50_ms(c, "bench-claim", 15 if QUICK else 100))
 
 
 class WebhookReceiver:
@@ -737,6 +763,8 @@ def print_table(r: Results) -> None:
             print(line)
     for n in r.notes:
         print(f"note: {n}")
+    print(f"machine: {machine()}; 1-minute load average {LOAD_START} at start, "
+          f"{os.getloadavg()[0]:.2f} at the end (above ~0.5 other work is sharing the CPUs)")
 
 
 def machine() -> str:
@@ -755,9 +783,8 @@ def main() -> int:
     print(f"gyoza bench on {machine()}", file=sys.stderr, flush=True)
     phases: list[tuple[Callable[[Results], None], list[str]]] = [
         (phase_startup, ["startup_s", "server_idle_rss_mb"]),
-        (phase_small_server, ["longpoll_wake_p50_ms", "events_per_s_seq", "webhook_ingest_ratio",
-                              "claim_p50_ms_100"]),
-        (phase_throughput, ["create_runs_per_s_seq", "create_runs_per_s_conc16",
+        (phase_small_server, ["longpoll_wake_p50_ms", "events_per_s_seq", "webhook_ingest_ratio"]),
+        (phase_throughput, ["claim_p50_ms_100", "create_runs_per_s_seq", "create_runs_per_s_conc16",
                             "create_errors_conc16", "server_rss_after_100k_mb", "claim_p50_ms_100k"]),
         (phase_worker_rss, ["worker_idle_rss_mb"]),
         (phase_e2e, ["e2e_container_s", "docker_run_s", "e2e_overhead_ratio"]),
@@ -777,6 +804,7 @@ def main() -> int:
     elif r.figures["claim_depth_ratio"].value is None:
         r.skip(["claim_depth_ratio"], "a claim figure is missing")
     r.extra["machine"] = machine()
+    r.extra["loadavg_1m_start_end"] = [LOAD_START, round(os.getloadavg()[0], 2)]
     r.extra["bench_s"] = round(time.monotonic() - T0, 1)
     print_table(r)
     out: dict[str, Any] = {k: f.value for k, f in r.figures.items()}
