@@ -703,16 +703,28 @@ def up(**kw: Any) -> None:
         heartbeat_interval=config.heartbeat_interval,
     )
 
+    import asyncio
+
+    worker = Worker(options)
+    finished = asyncio.Event()
+
     async def embedded_worker(_config: ServerConfig) -> None:
         # Started in the server's lifespan (same event loop); its first
-        # heartbeats retry until uvicorn is listening. Cancelled at shutdown,
-        # it stops and removes its containers.
+        # heartbeats retry until uvicorn is listening.
         try:
-            await Worker(options).run()
+            await worker.run()
         except Exception:
             logging.getLogger("gyoza.worker").exception("the embedded worker stopped")
+        finally:
+            finished.set()
 
-    serve(config, background=[embedded_worker])
+    async def drain_worker() -> None:
+        # At shutdown, while the server still answers: stop claiming, let
+        # running ops finish (up to --drain-timeout) and report them.
+        worker.request_shutdown()
+        await finished.wait()
+
+    serve(config, background=[embedded_worker], drains=[drain_worker])
 
 # -- end of worker commands --
 

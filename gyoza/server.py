@@ -298,8 +298,16 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return json_response({"error": "internal", "detail": "unexpected server error (logged)"}, 500)
 
 
-def build_app(config: ServerConfig, background: Sequence[BackgroundTask] = ()) -> Starlette:
-    """The ASGI app; opening the store and background tasks live in its lifespan."""
+def build_app(
+    config: ServerConfig,
+    background: Sequence[BackgroundTask] = (),
+    drains: Sequence[Callable[[], Awaitable[None]]] = (),
+) -> Starlette:
+    """The ASGI app; opening the store and background tasks live in its lifespan.
+
+    ``drains`` run at shutdown while the server still answers requests (an
+    embedded worker uses this to finish its runs and report them).
+    """
     # aiosqlite logs every call with its arguments at DEBUG (webhook secrets included).
     sqlite_log = logging.getLogger("aiosqlite")
     sqlite_log.setLevel(max(sqlite_log.level, logging.INFO))
@@ -337,6 +345,7 @@ def build_app(config: ServerConfig, background: Sequence[BackgroundTask] = ()) -
         exception_handlers={HTTPException: _http_error, Exception: _unexpected},
     )
     app.state.api = api
+    app.state.drains = list(drains)
     return app
 
 
@@ -357,7 +366,11 @@ def configure_logging() -> None:
     )
 
 
-def serve(config: ServerConfig, background: Sequence[BackgroundTask] = ()) -> None:
+def serve(
+    config: ServerConfig,
+    background: Sequence[BackgroundTask] = (),
+    drains: Sequence[Callable[[], Awaitable[None]]] = (),
+) -> None:
     """Run the server until SIGINT/SIGTERM (uvicorn shuts down cleanly on both)."""
     from .store import StoreError
 
@@ -367,7 +380,7 @@ def serve(config: ServerConfig, background: Sequence[BackgroundTask] = ()) -> No
         asyncio.run(_check_db(config))
     except StoreError as exc:
         raise SystemExit(f"Error: {exc}") from None
-    app = build_app(config, background)
+    app = build_app(config, background, drains)
     auth = f"API key required ({len(config.api_keys)} key(s))" if config.api_keys else "no API key"
     if not config.api_keys and not _is_loopback(config.host):
         log.warning("listening on %s WITHOUT an API key: anyone who can reach it can run containers",
@@ -392,6 +405,11 @@ def uvicorn_server(app: Starlette, **options: Any) -> Any:
 
     class Server(uvicorn.Server):
         async def shutdown(self, sockets: Any = None) -> None:
+            for drain in getattr(app.state, "drains", ()):
+                try:
+                    await drain()
+                except Exception:
+                    log.exception("a shutdown drain failed")
             service = getattr(app.state, "service", None)
             if service is not None:
                 service.begin_shutdown()

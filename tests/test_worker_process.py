@@ -216,12 +216,14 @@ def test_sigterm_stops_ops_still_running_after_the_drain_timeout_and_reports_the
         remove_containers(f"gyoza.worker_id={worker_id}")
 
 
-def start_up(tmp_path: Path, port: int, worker_id: str, env: dict[str, str] | None = None) -> Process:
+def start_up(tmp_path: Path, port: int, worker_id: str, env: dict[str, str] | None = None,
+             drain_timeout: float = 30) -> Process:
     return Process(
         ["up", "--port", str(port), "--db", str(tmp_path / "up.db"),
          "--heartbeat-interval", "0.5", "--worker-timeout", "5",
          "--worker-id", worker_id, "--state-dir", str(tmp_path / "state"),
-         "--cpu-cores", "2", "--ram-mb", "4096", "--claim-wait", "2"],
+         "--cpu-cores", "2", "--ram-mb", "4096", "--claim-wait", "2",
+         "--drain-timeout", str(drain_timeout)],
         tmp_path / "up.log",
         env,
     )
@@ -263,18 +265,24 @@ def test_gyoza_up_serves_and_runs_ops_with_its_embedded_worker(busybox_image, tm
 
 
 @pytest.mark.docker
-def test_stopping_gyoza_up_stops_and_removes_the_containers_it_runs(busybox_image, tmp_path):
+def test_stopping_gyoza_up_drains_then_stops_reports_and_removes_its_containers(
+    busybox_image, tmp_path
+):
     port, worker_id = free_port(), new_worker_id()
     url = f"http://127.0.0.1:{port}"
-    up = start_up(tmp_path, port, worker_id)
+    up = start_up(tmp_path, port, worker_id, drain_timeout=1)
     try:
         wait_healthy(url, up)
         with GyozaClient(url) as client:
-            run = client.create_run(busybox_image, {}, command=sh("echo begin; sleep 60"))
+            run = client.create_run(busybox_image, {}, command=sh("echo begin; sleep 60"),
+                                    retry_policy={"max_attempts": 1})
             wait_for_run(client, run["id"], until=lambda r: r["state"] == "RUNNING")
         assert containers_of(f"gyoza.worker_id={worker_id}")
         assert up.stop(timeout=30) in (0, -signal.SIGTERM)
         assert containers_of(f"gyoza.worker_id={worker_id}") == []
+        # The embedded worker reported the stop before the server went away.
+        with GyozaTestServer(db=str(tmp_path / "up.db")) as again, again.client() as client:
+            assert client.get_run(run["id"])["state"] == "FAILED"
     finally:
         up.stop()
         remove_containers(f"gyoza.worker_id={worker_id}")
