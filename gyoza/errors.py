@@ -90,6 +90,10 @@ def decode(body: bytes, type_: type[T], *, what: str = "body") -> T:
         raise BadRequest(_friendly(str(exc))) from None
     except msgspec.DecodeError as exc:
         raise BadRequest(f"the request {what} is not valid JSON ({exc})", code="invalid_json") from None
+    except UnicodeDecodeError as exc:
+        raise BadRequest(
+            f"the request {what} is not valid UTF-8 (byte {exc.start})", code="invalid_json"
+        ) from None
     except RecursionError:
         raise BadRequest(f"the request {what} is nested too deeply", code="invalid_json") from None
 

@@ -57,10 +57,20 @@ def _validators(key: tuple[str, str, str], schema_json: bytes):
     """(filler, checker): the filler's pass sets defaults, the checker's reports."""
     import jsonschema
     from jsonschema import validators
+    from referencing import Registry
 
     schema = msgspec.json.decode(schema_json)
     base = validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-    return _fill_defaults(base)(schema), base(schema)
+    # Only references inside the schema resolve: the server never fetches a
+    # URL named by a client's schema (no SSRF, no blocking network I/O).
+    registry: Registry = Registry(retrieve=_no_remote_refs)
+    return _fill_defaults(base)(schema, registry=registry), base(schema, registry=registry)
+
+
+def _no_remote_refs(uri: str):
+    from referencing.exceptions import NoSuchResource
+
+    raise NoSuchResource(ref=uri)
 
 
 def validate_inputs(
@@ -69,6 +79,8 @@ def validate_inputs(
     """Return ``inputs`` with defaults filled, or raise listing every problem."""
     if schema is None:
         return inputs
+    from referencing.exceptions import Unresolvable
+
     filled = copy.deepcopy(inputs)
     filler, checker = _validators(key, msgspec.json.encode(schema))
     try:
@@ -77,7 +89,11 @@ def validate_inputs(
             pass
         errors = sorted(checker.iter_errors(filled), key=lambda e: [str(p) for p in e.absolute_path])
     except RecursionError:
-        raise BadRequest("inputs: nested too deeply") from None
+        raise BadRequest("inputs: nested too deeply (or input_schema refers to itself endlessly)") from None
+    except Unresolvable as exc:
+        raise BadRequest(
+            f"input_schema: cannot resolve $ref ({exc}); only references within the schema are supported"
+        ) from None
     if errors:
         problems = []
         for e in errors:

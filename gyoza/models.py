@@ -18,12 +18,16 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 
 Name = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9._-]{0,127}$")]
 Version = Annotated[str, Meta(pattern=r"^[\x21-\x2e\x30-\x7e]{1,64}$")]
-Image = Annotated[str, Meta(min_length=1, max_length=512, pattern=r"^[^\s]+$")]
+Image = Annotated[str, Meta(min_length=1, max_length=512, pattern=r"^[^\s\x00-\x1f\x7f]+$")]
 Tag = Annotated[str, Meta(min_length=1, max_length=128)]
 WorkerId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")]
 Priority = Annotated[int, Meta(ge=0, le=100)]
 Timeout = Annotated[float, Meta(gt=0, le=31_536_000)]
-EnvMap = dict[Annotated[str, Meta(min_length=1, max_length=256)], Annotated[str, Meta(max_length=65_536)]]
+# A container's environment cannot hold NUL, nor a name with "=".
+EnvMap = dict[
+    Annotated[str, Meta(min_length=1, max_length=256, pattern=r"^[^=\x00]+$")],
+    Annotated[str, Meta(max_length=65_536, pattern=r"^[^\x00]*$")],
+]
 Command = list[Annotated[str, Meta(max_length=65_536)]]
 
 MAX_MSG_BYTES = 64 * 1024
@@ -260,7 +264,7 @@ class EventIn(Model, kw_only=True):
     type: EventType
     msg: str | int | float = ""
     payload: dict[str, Any] | None = None
-    attempt: Annotated[int, Meta(ge=1)] | None = None
+    attempt: Annotated[int, Meta(ge=1, le=(1 << 31))] | None = None
     seq: Annotated[int, Meta(ge=0, le=(1 << 62))] | None = None
 
 
@@ -291,7 +295,7 @@ class RunningOp(Model, kw_only=True):
     """An op a worker reports as running; only run_id and attempt matter."""
 
     run_id: Annotated[str, Meta(min_length=1, max_length=128)]
-    attempt: Annotated[int, Meta(ge=1)]
+    attempt: Annotated[int, Meta(ge=1, le=(1 << 31))]
     image: Any = None
     command: Any = None
     env: Any = None

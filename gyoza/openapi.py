@@ -63,32 +63,40 @@ ERROR_TEXT = {
 }
 
 # Query parameters, by name (schemas mirror the checks in gyoza.service).
+# An empty value is the same as leaving the parameter out.
 _INT62 = 2**62
+_EMPTY = {"type": "string", "maxLength": 0}
+
+
+def _or_empty(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, _EMPTY]}
+
+
 QUERY: dict[str, dict[str, Any]] = {
     "after": {
         "description": "Only events with an id greater than this.",
-        "schema": {"type": "integer", "minimum": 0, "maximum": _INT62},
+        "schema": _or_empty({"type": "integer", "minimum": 0, "maximum": _INT62}),
     },
     "wait": {
         "description": "Long-poll for up to this many seconds (clamped to 25).",
-        "schema": {"type": "number", "minimum": 0},
+        "schema": _or_empty({"type": "number", "minimum": 0}),
     },
     "limit": {
-        "description": "Page size.",
-        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+        "description": "Page size (default 50).",
+        "schema": _or_empty({"type": "integer", "minimum": 1, "maximum": 1000}),
     },
     "events_limit": {
         "name": "limit",
         "description": "At most this many events (default: all of them).",
-        "schema": {"type": "integer", "minimum": 1, "maximum": 100_000},
+        "schema": _or_empty({"type": "integer", "minimum": 1, "maximum": 100_000}),
     },
     "cursor": {
-        "description": "The next_cursor of the previous page.",
-        "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"},
+        "description": "The next_cursor of the previous page (empty: the first page).",
+        "schema": {"type": "string", "pattern": "^[0-9]{0,19}$"},
     },
     "state": {
-        "description": "Only runs in this state.",
-        "schema": {"type": "string", "enum": [s.value for s in OpRunState]},
+        "description": "Only runs in this state (empty: every state).",
+        "schema": {"type": "string", "enum": ["", *(s.value for s in OpRunState)]},
     },
     "definition": {
         "description": "Only runs created from this definition name.",
@@ -100,7 +108,7 @@ QUERY: dict[str, dict[str, Any]] = {
     },
     "max": {
         "description": "Hand out at most this many runs (default: unlimited).",
-        "schema": {"type": "integer", "minimum": 0, "maximum": 100_000},
+        "schema": _or_empty({"type": "integer", "minimum": 0, "maximum": 100_000}),
     },
 }
 

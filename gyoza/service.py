@@ -287,10 +287,11 @@ class Service:
 def _int_param(name: str, raw: str | None, *, default, low: int, high: int):
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"{name}: must be an integer, got {raw[:50]!r}") from None
+    # Plain ASCII digits only: int() would also take " 5", "1_0" and "١".
+    digits = raw[1:] if raw.startswith("-") else raw
+    if not (raw.isascii() and digits.isdigit() and len(raw) <= 20):
+        raise BadRequest(f"{name}: must be an integer, got {raw[:50]!r}")
+    value = int(raw)
     if not low <= value <= high:
         raise BadRequest(f"{name}: must be between {low} and {high}")
     return value
