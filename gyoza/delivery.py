@@ -18,6 +18,10 @@ only reads due rows, sends them and records each outcome:
   never sooner than a ``Retry-After``) until ``max_attempts``, then FAILED.
 - No polling: the loop sleeps until ``wake()`` (the service calls it after
   every write that added events) or until the next retry falls due.
+- The API comes first: while events keep arriving, due deliveries are
+  looked for at most every ``BUSY_FILL_INTERVAL_S`` (a request costs the
+  server more CPU than ingesting an event, and both share one event loop);
+  a backlog drains at full speed as soon as ingestion pauses.
 
 Logs carry the URL and the outcome only, never the secret or a signature.
 """
@@ -42,6 +46,11 @@ log = logging.getLogger("gyoza.webhooks")
 USER_AGENT = "gyoza-webhooks/1"
 MAX_RESPONSE_BYTES = 64 * 1024  # read (and drop) at most this much of an answer
 RECORD_RETRY_S = 1.0
+# The API comes first: while events keep arriving (one in the last BUSY_S),
+# the sender looks for due deliveries at most every BUSY_FILL_INTERVAL_S, so
+# the requests it sends do not slow ingestion; a backlog drains when it is quiet.
+BUSY_S = 0.02
+BUSY_FILL_INTERVAL_S = 0.05
 
 
 def backoff_delay(attempts: int, base: float, cap: float, rng: random.Random | None = None) -> float:
@@ -75,6 +84,8 @@ class WebhookSender:
         self._in_flight: dict[str, asyncio.Task[None]] = {}  # run id -> its one request
         self._task: asyncio.Task[None] | None = None
         self._client: httpx.AsyncClient | None = None
+        self._last_event = 0.0  # monotonic time of the last wake() (events written)
+        self._last_fill = 0.0
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -114,12 +125,19 @@ class WebhookSender:
 
     def wake(self) -> None:
         """New deliveries may exist (called on the server's event loop)."""
+        self._last_event = time.monotonic()
         self._wake.set()
 
     # -- the loop ----------------------------------------------------------------------
 
     async def _loop(self) -> None:
         while True:
+            now = time.monotonic()
+            if now - self._last_event < BUSY_S:
+                pause = self._last_fill + BUSY_FILL_INTERVAL_S - now
+                if pause > 0:
+                    await asyncio.sleep(pause)
+            self._last_fill = time.monotonic()
             self._wake.clear()  # before reading, so a wake-up during the read is kept
             try:
                 timeout = await self._fill()

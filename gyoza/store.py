@@ -181,6 +181,11 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE status = 'PENDING';
     """,
+    # 2: the head of each run's delivery queue in O(log n), not a scan of the run's rows
+    # (without it the sender's queries grow with the square of a run's backlog).
+    """
+    CREATE INDEX deliveries_pending ON deliveries (run_seq, id) WHERE status = 'PENDING';
+    """,
 ]
 
 _RUN_COLS = (
