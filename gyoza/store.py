@@ -961,12 +961,19 @@ class Store:
         return self._explained[key]
 
     def _workers_changed(self, c: sqlite3.Connection) -> None:
-        """Re-explain every PENDING shape against the new set of ONLINE workers."""
+        """Re-explain every PENDING shape against the new set of ONLINE workers.
+
+        Every PENDING run of a shape carries the cached sentence of that shape
+        (the cache is dropped on rollback), so only changed sentences are written.
+        """
+        before = self._explained
         self._online = None
-        self._explained.clear()
+        self._explained = {}
         shapes = [r[0] for r in c.execute("SELECT DISTINCT constraints FROM runs WHERE state='PENDING'")]
         for key in shapes:
             sentence = self._explain(c, key, _dec_constraints.decode(key))
+            if key in before and before[key] == sentence:
+                continue
             c.execute(
                 "UPDATE runs SET scheduling=? WHERE state='PENDING' AND constraints=? "
                 "AND scheduling IS NOT ?",

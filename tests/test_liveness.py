@@ -371,3 +371,16 @@ def test_the_liveness_clock_continues_from_the_last_heartbeat_across_a_restart(t
         wait_until(lambda: offline(client, "w1"), timeout=1.5)
         got = client.get_run(rid)
         assert (got["state"], got["attempt"], got["attempts"][0]["reason"]) == ("PENDING", 2, "LOST")
+
+
+def test_scheduling_follows_a_worker_that_goes_offline_and_comes_back(quick):
+    w = FakeWorker(quick, "w1", resources(cpu=1), tags=["gpu-box"])
+    other = FakeWorker(quick, "w2", resources(cpu=8))
+    w.heartbeat()
+    rid = run(quick, tags=["gpu-box"])
+    assert quick.get_run(rid)["scheduling"] is None
+    wait_until(lambda: offline(quick, "w1"), timeout=10)
+    other.heartbeat()
+    assert quick.get_run(rid)["scheduling"] == "needs tag 'gpu-box'; no online worker has it"
+    w.heartbeat()
+    assert quick.get_run(rid)["scheduling"] is None
