@@ -46,7 +46,7 @@ log = logging.getLogger("gyoza.webhooks")
 USER_AGENT = "gyoza-webhooks/1"
 MAX_RESPONSE_BYTES = 64 * 1024  # read (and drop) at most this much of an answer
 RECORD_RETRY_S = 1.0
-# The API comes first: while events keep arriving (one in the last BUSY_S),
+# The API comes first: while webhook events keep arriving (one in the last BUSY_S),
 # the sender looks for due deliveries at most every BUSY_FILL_INTERVAL_S, so
 # the requests it sends do not slow ingestion; a backlog drains when it is quiet.
 BUSY_S = 0.02
