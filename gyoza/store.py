@@ -502,6 +502,7 @@ class Store:
                     outcomes.append((False, exc))
                     continue
                 conn.execute("RELEASE gyoza_call")
+                self._loaded.clear()  # only valid within one call
                 outcomes.append((True, result))
             conn.execute("COMMIT")
         except Exception as exc:
@@ -521,6 +522,7 @@ class Store:
         conn.execute("BEGIN IMMEDIATE")
         try:
             result = fn(conn, *args)
+            self._loaded.clear()  # only valid within one call
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 
+import msgspec
 import pytest
 
 from gyoza.errors import BadRequest, NotFound
@@ -82,3 +83,28 @@ async def test_a_cancelled_caller_does_not_break_the_queue(store: Store) -> None
     # The writer still works afterwards.
     run, _ = await store.create_run(spec, priority=5)
     assert (await store.get_run(run.id)).id == run.id
+
+
+async def test_log_events_then_state_changes_are_all_stored(store: Store) -> None:
+    """LOG events write only the run's event counter; later changes still write everything."""
+    from gyoza.models import Heartbeat, Resources, RunPatch
+
+    spec = RunSpec(image="busybox", inputs={})
+    run, _ = await store.create_run(spec, priority=5)
+    await store.heartbeat(Heartbeat(worker_id="w", resources=Resources(cpu_cores=4, ram_mb=1000)), 5)
+    outcome, _ = await store.claim("w", 1)
+    assert [op.run_id for op in outcome.result.ops] == [run.id]
+    for i in range(3):
+        await store.append_event(run.id, EventIn(type=EventType.LOG, msg=f"line {i}"))
+    await store.patch_run(run.id, RunPatch(priority=9))
+    await store.append_event(run.id, EventIn(type=EventType.STARTED))
+    await store.append_event(run.id, EventIn(type=EventType.LOG, msg="after start"))
+    full = await store.get_run(run.id)
+    assert full.state.value == "RUNNING" and full.priority == 9 and full.worker_id == "w"
+    types = [msgspec.json.decode(bytes(e))["type"] for e in full.events]
+    assert types == ["QUEUED", "ASSIGNED", "LOG", "LOG", "LOG", "STARTED", "LOG"]
+    ids = [msgspec.json.decode(bytes(e))["id"] for e in full.events]
+    assert ids == list(range(1, 8))
+    # The counter kept up: the next event gets id 8.
+    await store.append_event(run.id, EventIn(type=EventType.LOG, msg="x"))
+    assert (await store.events_after(run.id, 7, None))[0][0].startswith(b'{"id":8')
