@@ -116,13 +116,20 @@ class _Calls:
         *,
         version: str | None = None,
         priority: int = 5,
+        event_delivery: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Create an OpRun from a definition (latest version unless ``version``)."""
+        """Create an OpRun from a definition (latest version unless ``version``).
+
+        ``event_delivery`` overrides the definition's webhook settings for this run.
+        """
+        body: dict[str, Any] = {"inputs": inputs, "priority": priority}
+        if event_delivery is not None:
+            body["event_delivery"] = event_delivery
         return self._call(
             "POST",
             f"/definitions/{name}/runs",
             params=_params(version=version or None),
-            json={"inputs": inputs, "priority": priority},
+            json=body,
         )
 
     def get_run(self, run_id: str) -> dict[str, Any]:

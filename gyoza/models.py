@@ -33,7 +33,7 @@ Command = list[Annotated[str, Meta(max_length=65_536)]]
 MAX_MSG_BYTES = 64 * 1024
 
 
-class OpRunState(str, enum.Enum):
+class OpRunState(enum.StrEnum):
     PENDING = "PENDING"
     ASSIGNED = "ASSIGNED"
     RUNNING = "RUNNING"
@@ -50,7 +50,7 @@ TERMINAL_STATES = frozenset({OpRunState.COMPLETED, OpRunState.FAILED, OpRunState
 ACTIVE_STATES = frozenset({OpRunState.ASSIGNED, OpRunState.RUNNING})
 
 
-class EventType(str, enum.Enum):
+class EventType(enum.StrEnum):
     STARTED = "STARTED"
     PROGRESS = "PROGRESS"
     LOG = "LOG"
@@ -140,6 +140,12 @@ class EventDelivery(Model, kw_only=True):
         parts = urlsplit(self.url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError("url must be an absolute http:// or https:// URL")
+
+    def __repr__(self) -> str:
+        # Never show the secret, wherever this object ends up (logs, tracebacks).
+        secret = None if self.secret is None else "***"
+        return (f"EventDelivery(url={self.url!r}, events={self.events!r}, secret={secret}, "
+                f"headers={sorted(self.headers)!r}, max_attempts={self.max_attempts})")
 
     def wants(self, event_type: EventType) -> bool:
         if self.events is None:
@@ -248,6 +254,7 @@ class RunFromDefinition(Model, kw_only=True):
 
     inputs: dict[str, Any] = {}
     priority: Priority = 5
+    event_delivery: EventDelivery | None = None  # overrides the definition's
 
 
 class RunPatch(Model, kw_only=True):

@@ -182,7 +182,7 @@ class Service:
             inputs=filled,
             constraints=d.constraints,
             retry_policy=d.retry_policy,
-            event_delivery=d.event_delivery,
+            event_delivery=body.event_delivery or d.event_delivery,
             timeout_s=d.timeout_s,
         )
         run, fx = await self.store.create_run(

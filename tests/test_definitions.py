@@ -133,3 +133,14 @@ def test_run_inherits_the_definition_settings(client):
 def test_run_of_an_unknown_definition_is_404(client):
     r = client._http.post("/definitions/nope/runs", json={"inputs": {}})
     assert r.status_code == 404
+
+
+def test_a_runs_own_event_delivery_overrides_the_definitions(client):
+    client.upsert_definition(definition(event_delivery={"url": "http://127.0.0.1:9/def"}))
+    inherited = client.create_run_from_definition("hello", {})
+    own = client.create_run_from_definition(
+        "hello", {}, event_delivery={"url": "http://127.0.0.1:9/run", "events": ["COMPLETED"]}
+    )
+    assert inherited["event_delivery"]["url"] == "http://127.0.0.1:9/def"
+    assert own["event_delivery"]["url"] == "http://127.0.0.1:9/run"
+    assert own["event_delivery"]["events"] == ["COMPLETED"]
