@@ -558,21 +558,32 @@ def phase_small_server(r: Results) -> None:
         r.set("longpoll_wake_p50_ms", statistics.median(wakes) if wakes else None,
               f"({len(wakes)} samples, from sending POST /runs; includes that request)")
 
-        # Events with and without a webhook, in alternating slices, so that a
-        # change in the machine's load during the phase hits both alike.
+        # Events with and without a webhook, in alternating slices so that a
+        # change in the machine's load hits both alike. The webhook run lives
+        # on a second server, frozen (SIGSTOP) while the plain run is measured,
+        # so its sender's backlog does not slow the plain figure down.
         receiver.start()
+        hooked_server = Proc("server")
         try:
+            hooked_server.healthy()
             plain_run = assigned_run(c, "bench-w")
             delivery = {"url": receiver.url, "events": ["LOG"]}
-            hook_run = assigned_run(c, "bench-w", {"event_delivery": delivery})
+            with api(hooked_server.url) as hc:
+                heartbeat(hc, "bench-w")
+                hook_run = assigned_run(hc, "bench-w", {"event_delivery": delivery})
             plain, hooked = [], []
             for _ in range(3):
-                for run_id, acc in ((plain_run, plain), (hook_run, hooked)):
-                    acc.append(load(s, "POST", f"/runs/{run_id}/events", LOG_BODY,
-                                    procs=1, threads=1, duration=PHASE_S / 2))
+                hooked_server.ps.suspend()
+                try:
+                    plain.append(load(s, "POST", f"/runs/{plain_run}/events", LOG_BODY,
+                                      procs=1, threads=1, duration=PHASE_S / 2))
+                finally:
+                    hooked_server.ps.resume()
+                hooked.append(load(hooked_server, "POST", f"/runs/{hook_run}/events", LOG_BODY,
+                                   procs=1, threads=1, duration=PHASE_S / 2))
             sent = sum(x.ok for x in hooked)
-            time.sleep(0.5)
         finally:
+            hooked_server.stop()
             receiver.stop()
         p_rate = sum(x.ok for x in plain) / sum(x.wall_s for x in plain)
         h_rate = sent / sum(x.wall_s for x in hooked)
@@ -582,7 +593,6 @@ def phase_small_server(r: Results) -> None:
         r.set("webhook_ingest_ratio", h_rate / p_rate,
               f"({h_rate:,.0f}/s with a LOG webhook; the receiver got {receiver.count:,} of {sent:,} "
               "meanwhile: one request in flight per run, by design)")
-
 
 
 class WebhookReceiver:
