@@ -188,6 +188,21 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
+# The head (oldest PENDING delivery) of each run's webhook queue, found with
+# one index probe per run (a loose index scan over deliveries_pending), not a
+# walk over every PENDING row: a chatty run can have thousands queued.
+_PENDING_HEADS = (
+    "WITH RECURSIVE runs_with(run_seq) AS ("
+    "SELECT (SELECT min(run_seq) FROM deliveries INDEXED BY deliveries_pending "
+    "WHERE status='PENDING') "
+    "UNION ALL SELECT (SELECT min(run_seq) FROM deliveries INDEXED BY deliveries_pending "
+    "WHERE status='PENDING' AND run_seq > runs_with.run_seq) "
+    "FROM runs_with WHERE runs_with.run_seq IS NOT NULL), "
+    "heads(id) AS (SELECT (SELECT min(id) FROM deliveries INDEXED BY deliveries_pending "
+    "WHERE status='PENDING' AND run_seq = runs_with.run_seq) "
+    "FROM runs_with WHERE runs_with.run_seq IS NOT NULL) "
+)
+
 _RUN_COLS = (
     "seq, id, definition, version, state, priority, attempt, worker_id, gpu_ids, error, "
     "scheduling, outputs, spec, not_before, reserved_on, assigned_epoch, last_event_id, "
@@ -1305,11 +1320,10 @@ class Store:
 
         def q(c: sqlite3.Connection) -> list[DeliveryJob]:
             rows = c.execute(
-                "SELECT d.id, r.id, d.event_id, d.webhook_id, d.attempts, d.max_attempts, d.body, "
-                "r.spec, d.next_attempt_at FROM deliveries d JOIN runs r ON r.seq = d.run_seq "
-                "WHERE d.status='PENDING' AND d.id = (SELECT min(id) FROM deliveries d2 "
-                "WHERE d2.run_seq = d.run_seq AND d2.status='PENDING') AND d.next_attempt_at <= ? "
-                "ORDER BY d.next_attempt_at LIMIT ?",
+                _PENDING_HEADS + "SELECT d.id, r.id, d.event_id, d.webhook_id, d.attempts, "
+                "d.max_attempts, d.body, r.spec, d.next_attempt_at FROM heads h "
+                "JOIN deliveries d ON d.id = h.id JOIN runs r ON r.seq = d.run_seq "
+                "WHERE d.next_attempt_at <= ? ORDER BY d.next_attempt_at LIMIT ?",
                 (time.time(), limit + len(busy)),
             ).fetchall()
             jobs = []
@@ -1332,12 +1346,11 @@ class Store:
         among the head of each run's queue, runs in ``busy_runs`` left out (rows
         queued behind a head are not eligible, whatever their own time)."""
         busy = sorted(set(busy_runs))
-        skip = f" AND r.id NOT IN ({','.join('?' * len(busy))})" if busy else ""
+        skip = f" WHERE r.id NOT IN ({','.join('?' * len(busy))})" if busy else ""
         return await self._read(
             lambda c: c.execute(
-                "SELECT min(d.next_attempt_at) FROM deliveries d JOIN runs r ON r.seq = d.run_seq "
-                "WHERE d.status='PENDING' AND d.id = (SELECT min(id) FROM deliveries d2 "
-                "WHERE d2.run_seq = d.run_seq AND d2.status='PENDING')" + skip,
+                _PENDING_HEADS + "SELECT min(d.next_attempt_at) FROM heads h "
+                "JOIN deliveries d ON d.id = h.id JOIN runs r ON r.seq = d.run_seq" + skip,
                 busy,
             ).fetchone()[0]
         )
