@@ -682,10 +682,10 @@ def phase_worker_rss(r: Results) -> None:
     if not has_command("worker"):
         r.skip(["worker_idle_rss_mb"], "this gyoza has no `gyoza worker` command yet")
         return
+    state = tempfile.mkdtemp(prefix="gyoza-bench-wstate-")
     with running("server") as s:
         w = Proc("worker", "--server", s.url, "--worker-id", "bench-idle",
-                 "--state-dir", tempfile.mkdtemp(prefix="gyoza-bench-wstate-"),
-                 with_server_flags=False)
+                 "--state-dir", state, with_server_flags=False)
         try:
             deadline = time.monotonic() + 30
             with api(s.url) as c:
@@ -701,6 +701,7 @@ def phase_worker_rss(r: Results) -> None:
             r.set("worker_idle_rss_mb", w.rss_mb())
         finally:
             w.stop()
+            shutil.rmtree(state, ignore_errors=True)
 
 
 def phase_e2e(r: Results) -> None:
