@@ -186,6 +186,11 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX deliveries_pending ON deliveries (run_seq, id) WHERE status = 'PENDING';
     """,
+    # 3: deliveries_due is never used since 2 (the sender walks queue heads);
+    # each event with a webhook paid for maintaining it.
+    """
+    DROP INDEX IF EXISTS deliveries_due;
+    """,
 ]
 
 # The head (oldest PENDING delivery) of each run's webhook queue, found with
@@ -384,8 +389,12 @@ class Store:
             await self._w._execute(self._prepare, self._w._conn, True)
             self._r = await aiosqlite.connect(self.path, isolation_level=None)
             await self._r._execute(self._prepare, self._r._conn, False)
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, StoreError) as exc:
+            # Close both connections: their threads would otherwise keep the
+            # process alive after the error (a hang instead of an exit).
             await self.close()
+            if isinstance(exc, StoreError):
+                raise
             raise StoreError(f"{self.path} is not a usable gyoza database: {exc}") from None
 
     def _prepare(self, conn: sqlite3.Connection, writer: bool) -> None:
@@ -399,6 +408,18 @@ class Store:
                 f"{self.path} is an SQLite file of another program (no gyoza_schema table); "
                 "pass --db with a new or gyoza file"
             )
+        if tables:
+            # An existing gyoza file: refuse it *before* writing anything to it
+            # (switching to WAL rewrites the header), so a refused file is untouched.
+            current = conn.execute("SELECT max(version) FROM gyoza_schema").fetchone()[0] or 0
+            if current > len(MIGRATIONS):
+                raise StoreError(
+                    f"{self.path} has schema version {current}, newer than this gyoza "
+                    f"({len(MIGRATIONS)}); upgrade gyoza"
+                )
+            problem = conn.execute("PRAGMA quick_check").fetchone()[0]
+            if problem != "ok":
+                raise StoreError(f"{self.path} failed its integrity check: {problem}")
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode.lower() != "wal":
             raise StoreError(f"{self.path}: cannot switch to WAL mode (got {mode})")
@@ -422,9 +443,6 @@ class Store:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-        problem = conn.execute("PRAGMA quick_check").fetchone()[0]
-        if problem != "ok":
-            raise StoreError(f"{self.path} failed its integrity check: {problem}")
 
     async def close(self) -> None:
         if self._flusher is not None and not self._flusher.done():
