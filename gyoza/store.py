@@ -385,9 +385,9 @@ class Store:
 
     async def open(self) -> None:
         try:
-            self._w = await aiosqlite.connect(self.path, isolation_level=None)
+            self._w = await self._connect()
             await self._w._execute(self._prepare, self._w._conn, True)
-            self._r = await aiosqlite.connect(self.path, isolation_level=None)
+            self._r = await self._connect()
             await self._r._execute(self._prepare, self._r._conn, False)
         except (sqlite3.DatabaseError, StoreError) as exc:
             # Close both connections: their threads would otherwise keep the
@@ -396,6 +396,17 @@ class Store:
             if isinstance(exc, StoreError):
                 raise
             raise StoreError(f"{self.path} is not a usable gyoza database: {exc}") from None
+
+    async def _connect(self) -> aiosqlite.Connection:
+        conn = aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            return await conn
+        except BaseException:
+            # aiosqlite stops its thread without waiting for it: wait here,
+            # while the loop still runs, or the thread dies with a traceback
+            # once the loop is closed (e.g. --db naming a directory).
+            await asyncio.to_thread(conn._thread.join, 5)
+            raise
 
     def _prepare(self, conn: sqlite3.Connection, writer: bool) -> None:
         conn.execute("PRAGMA busy_timeout = 10000")

@@ -40,10 +40,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(db: str, port: int, log, sync: str = "normal") -> subprocess.Popen:
+def start_server(db: str, port: int, log, sync: str = "normal", extra: tuple[str, ...] = ()) -> subprocess.Popen:
     proc = subprocess.Popen(
         [sys.executable, "-m", "gyoza.cli", "server", "--db", db, "--port", str(port),
-         "--heartbeat-interval", "5", "--worker-timeout", "3600", "--sync", sync],
+         "--heartbeat-interval", "5", "--worker-timeout", "3600", "--sync", sync, *extra],
         stdout=log, stderr=log, env={**os.environ, "GYOZA_API_KEY": ""},
     )
     deadline = time.monotonic() + 30
