@@ -109,6 +109,9 @@ class Change:
     attempts: list[AttemptRow] = field(default_factory=list)
     requeued: bool = False
     released: bool = False
+    # (worker_id, attempt, gpu_ids) of a hold that outlives the run's own
+    # reservation: a retried run whose old container may still be stopping.
+    lingering: tuple[str, int, list[int]] | None = None
 
     def emit(
         self,
@@ -361,7 +364,11 @@ def manual_retry(ch: Change) -> None:
             f"run {run.id} has used {run.attempt} of retry_policy.max_attempts={limit}; "
             "create a new run instead"
         )
-    # The old worker learns through reconciliation that this attempt ended.
+    # The old worker may still be stopping that container: its resources stay
+    # counted on the worker (a lingering hold) until it stops reporting the
+    # attempt or goes OFFLINE, while the new attempt is claimable at once.
+    if run.reserved_on is not None:
+        ch.lingering = (run.reserved_on, run.attempt, list(run.gpu_ids))
     ch.release()
     requeue(ch, delay=0.0, why="manual retry")
 

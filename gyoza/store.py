@@ -191,6 +191,18 @@ MIGRATIONS: list[str] = [
     """
     DROP INDEX IF EXISTS deliveries_due;
     """,
+    # 4: holds of attempts that ended while their container may still run
+    # (a cancelled run retried at once); see Change.lingering.
+    """
+    CREATE TABLE lingering_holds (
+        run_seq INTEGER NOT NULL REFERENCES runs (seq) ON DELETE CASCADE,
+        attempt INTEGER NOT NULL,
+        worker_id TEXT NOT NULL,
+        gpu_ids BLOB NOT NULL,
+        PRIMARY KEY (run_seq, attempt)
+    ) WITHOUT ROWID;
+    CREATE INDEX lingering_holds_worker ON lingering_holds (worker_id);
+    """,
 ]
 
 # The head (oldest PENDING delivery) of each run's webhook queue, found with
@@ -324,6 +336,18 @@ def to_definition_out(d: OpDefinition, created_at: str, updated_at: str) -> OpDe
         created_at=created_at,
         updated_at=updated_at,
     )
+
+
+@dataclass
+class LingeringHold:
+    """Resources an ended attempt's container may still use on a worker."""
+
+    worker_id: str
+    run_seq: int
+    run_id: str
+    attempt: int
+    constraints: Constraints
+    gpu_ids: list[int]
 
 
 @dataclass
@@ -857,6 +881,17 @@ class Store:
                 for a in ch.attempts
             ],
         )
+        lingering = [
+            (ch.run.seq, ch.lingering[1], ch.lingering[0], _enc.encode(ch.lingering[2]))
+            for ch in changes
+            if ch.lingering is not None
+        ]
+        if lingering:
+            c.executemany(
+                "INSERT OR REPLACE INTO lingering_holds (run_seq, attempt, worker_id, gpu_ids) "
+                "VALUES (?, ?, ?, ?)",
+                lingering,
+            )
         event_rows = []
         delivery_rows = []
         for ch in changes:
@@ -1032,11 +1067,30 @@ class Store:
             for r in c.execute(f"SELECT {_RUN_COLS} FROM runs WHERE reserved_on=?", (worker_id,))
         ]
 
+    def _lingering(self, c: sqlite3.Connection, worker_id: str | None = None) -> list[LingeringHold]:
+        """Lingering holds of one worker (or of all workers)."""
+        sql = (
+            "SELECT h.worker_id, h.run_seq, r.id, h.attempt, r.constraints, h.gpu_ids "
+            "FROM lingering_holds h JOIN runs r ON r.seq = h.run_seq"
+        )
+        rows = c.execute(sql + " WHERE h.worker_id=?", (worker_id,)) if worker_id else c.execute(sql)
+        return [
+            LingeringHold(w, seq, rid, att, _dec_constraints.decode(cons), _dec_ints.decode(g))
+            for w, seq, rid, att, cons, g in rows
+        ]
+
     @staticmethod
-    def _capacity(resources: Resources, tags: list[str], held: Iterable[RunRow]) -> scheduler.Capacity:
+    def _capacity(
+        resources: Resources,
+        tags: list[str],
+        held: Iterable[RunRow],
+        lingering: Iterable[LingeringHold] = (),
+    ) -> scheduler.Capacity:
         cap = scheduler.Capacity.of(resources, tags)
         for r in held:
             cap.reserve(r.spec.constraints, r.gpu_ids)
+        for h in lingering:
+            cap.reserve(h.constraints, h.gpu_ids)
         return cap
 
     def _lose_runs(self, c: sqlite3.Connection, runs: Iterable[RunRow], why: str) -> list[tuple[Change, OpRunState, str | None]]:
@@ -1104,6 +1158,14 @@ class Store:
             if released:
                 c.executemany("UPDATE runs SET reserved_on=NULL WHERE seq=?", [(s,) for s in released])
                 fx.work_changed = True
+            gone = [
+                (h.run_seq, h.attempt)
+                for h in self._lingering(c, hb.worker_id)
+                if reported.get(h.run_id) != h.attempt
+            ]
+            if gone:
+                c.executemany("DELETE FROM lingering_holds WHERE run_seq=? AND attempt=?", gone)
+                fx.work_changed = True
             items = self._lose_runs(c, lost, f"worker {hb.worker_id} no longer reports this run")
             if items:
                 e = self._effects(items)
@@ -1144,12 +1206,16 @@ class Store:
         ).fetchone()
         if row is None:
             raise NotFound(f"no worker {worker_id!r}: send POST /workers/heartbeat first")
-        return self._worker_from(row, self._reservations(c, worker_id))
+        return self._worker_from(
+            row, self._reservations(c, worker_id), self._lingering(c, worker_id)
+        )
 
-    def _worker_from(self, row: Sequence[Any], held: list[RunRow]) -> Worker:
+    def _worker_from(
+        self, row: Sequence[Any], held: list[RunRow], lingering: list[LingeringHold]
+    ) -> Worker:
         resources = _dec_resources.decode(row[1])
         tags = _dec_strs.decode(row[2])
-        cap = self._capacity(resources, tags, held)
+        cap = self._capacity(resources, tags, held, lingering)
         return Worker(
             worker_id=row[0],
             resources=resources,
@@ -1163,7 +1229,7 @@ class Store:
             ),
             first_seen_at=row[4],
             last_heartbeat_at=row[5],
-            cancel=sorted(r.id for r in held if r.state.terminal),
+            cancel=sorted({r.id for r in held if r.state.terminal} | {h.run_id for h in lingering}),
         )
 
     @staticmethod
@@ -1190,11 +1256,17 @@ class Store:
             for r in c.execute(f"SELECT {_RUN_COLS} FROM runs WHERE reserved_on IS NOT NULL"):
                 run = _run_from_row(r)
                 held.setdefault(run.reserved_on, []).append(run)  # type: ignore[arg-type]
+            lingering: dict[str, list[LingeringHold]] = {}
+            for h in self._lingering(c):
+                lingering.setdefault(h.worker_id, []).append(h)
             rows = c.execute(
                 "SELECT worker_id, resources, tags, status, first_seen_at, last_heartbeat_at "
                 "FROM workers ORDER BY worker_id"
             ).fetchall()
-            return [self._worker_from(row, held.get(row[0], [])) for row in rows]
+            return [
+                self._worker_from(row, held.get(row[0], []), lingering.get(row[0], []))
+                for row in rows
+            ]
 
         return await self._read(q)
 
@@ -1219,8 +1291,9 @@ class Store:
         resources = _dec_resources.decode(row[1])
         tags = _dec_strs.decode(row[2])
         held = self._reservations(c, worker_id)
-        cap = self._capacity(resources, tags, held)
-        cancel = sorted(r.id for r in held if r.state.terminal)
+        lingering = self._lingering(c, worker_id)
+        cap = self._capacity(resources, tags, held, lingering)
+        cancel = sorted({r.id for r in held if r.state.terminal} | {h.run_id for h in lingering})
         chosen: dict[int, list[int]] = {}
         if max_ops is None or max_ops > 0:
             chosen = self._choose(c, cap, epoch, max_ops)
@@ -1331,6 +1404,7 @@ class Store:
                 f"worker {wid} stopped heartbeating (OFFLINE)",
             )
             c.execute("UPDATE runs SET reserved_on=NULL WHERE reserved_on=?", (wid,))
+            c.execute("DELETE FROM lingering_holds WHERE worker_id=?", (wid,))
             fx.run_ids += [ch.run.id for ch, _, _ in items]
         if gone:
             self._workers_changed(c)

@@ -384,3 +384,28 @@ def test_scheduling_follows_a_worker_that_goes_offline_and_comes_back(quick):
     assert quick.get_run(rid)["scheduling"] == "needs tag 'gpu-box'; no online worker has it"
     w.heartbeat()
     assert quick.get_run(rid)["scheduling"] is None
+
+
+
+def test_a_retried_run_is_claimable_at_once_while_its_old_container_still_counts(client):
+    """Retry right after cancel: the old container may still be stopping."""
+    box = {"cpu_cores": 1, "ram_mb": 1000, "gpus": [{"id": 0, "vram_mb": 1000}]}
+    client.heartbeat("w1", box)
+    client.heartbeat("w2", box)
+    run = client.create_run("img", {}, constraints={"cpu_cores": 1, "ram_mb": 1000, "gpus": 1},
+                            retry_policy={"max_attempts": 2})
+    assert [o["run_id"] for o in client.claim_ops("w1")] == [run["id"]]
+    client.cancel_run(run["id"])
+    assert client.retry_run(run["id"])["state"] == "PENDING"
+    # w1 still reports attempt 1: its resources stay counted and it must stop it,
+    # while attempt 2 goes to a worker with room at once.
+    hb = client.heartbeat("w1", box, running_ops=[{"run_id": run["id"], "attempt": 1}])
+    assert run["id"] in hb["cancel"]
+    assert hb["free"] == {"cpu_cores": 0.0, "ram_mb": 0, "gpu_ids": []}
+    assert client.claim_ops("w1") == []
+    ops = client.claim_ops("w2")
+    assert [(o["run_id"], o["attempt"]) for o in ops] == [(run["id"], 2)]
+    # Once w1 stops reporting the old attempt, its resources are free again.
+    hb = client.heartbeat("w1", box, running_ops=[])
+    assert hb["free"] == {"cpu_cores": 1.0, "ram_mb": 1000, "gpu_ids": [0]}
+    assert hb["cancel"] == []

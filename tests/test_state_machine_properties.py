@@ -7,7 +7,8 @@ Invariants:
 - `attempt` equals the number of attempts;
 - a run is on at most one worker;
 - per-worker reservations never exceed the worker's resources (and equal
-  what the model expects: a cancelled run stays reserved until its worker
+  what the model expects: a retried run's old container keeps its share
+  until its worker stops reporting it; a cancelled run stays reserved until its worker
   stops reporting it);
 - event ids strictly increase per run (1, 2, 3... and append-only);
 - every LOST/FAILED attempt is followed by a requeue iff the policy says so.
@@ -60,6 +61,7 @@ class MRun:
     attempt: int = 1
     worker: str | None = None  # the worker it is ASSIGNED/RUNNING on
     reserved_on: str | None = None  # the worker whose capacity it holds
+    lingering: tuple[str, int] | None = None  # (worker, attempt) of a retried run's old container
     events: list[int] = field(default_factory=list)  # ids seen so far
     snapshot: dict | None = None  # what a terminal run must stay
     next_seq: int = 0  # the worker's event counter for the current attempt
@@ -137,7 +139,9 @@ class GyozaMachine(RuleBasedStateMachine):
         return [r for r in self.runs.values() if r.state in states]
 
     def free(self, worker: str) -> int:
-        return CPU_MILLI - sum(r.cpu for r in self.runs.values() if r.reserved_on == worker)
+        held = sum(r.cpu for r in self.runs.values() if r.reserved_on == worker)
+        lingering = sum(r.cpu for r in self.runs.values() if r.lingering and r.lingering[0] == worker)
+        return CPU_MILLI - held - lingering
 
     def requeue_or_fail(self, run: MRun, reason: str) -> None:
         """The retry rule (SPEC §1 RetryPolicy), for the model."""
@@ -204,6 +208,8 @@ class GyozaMachine(RuleBasedStateMachine):
         for r in self.runs.values():
             if r.reserved_on == w.id and r.state in TERMINAL and r.id not in report:
                 r.reserved_on = None
+            if r.lingering and r.lingering[0] == w.id and report.get(r.id) != r.lingering[1]:
+                r.lingering = None
         return got
 
     @precondition(lambda self: self.workers)
@@ -342,6 +348,8 @@ class GyozaMachine(RuleBasedStateMachine):
             self.expect(resp, 400, "invalid")
             return
         got = self.expect(resp, 200)
+        if r.reserved_on is not None:  # its old container may still be stopping
+            r.lingering = (r.reserved_on, r.attempt)
         r.state, r.attempt, r.worker, r.reserved_on, r.next_seq = "PENDING", r.attempt + 1, None, None, 0
         assert (got["state"], got["attempt"]) == ("PENDING", r.attempt)
         r.snapshot = None
@@ -380,6 +388,8 @@ class GyozaMachine(RuleBasedStateMachine):
         for wid in ours:
             self.workers[wid].online = False
             for r in self.runs.values():
+                if r.lingering and r.lingering[0] == wid:
+                    r.lingering = None
                 if r.reserved_on == wid:
                     r.reserved_on = None
                     if r.state in ACTIVE:
