@@ -34,12 +34,22 @@ import email.utils
 import logging
 import random
 import time
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 from .config import ServerConfig
 from .store import DeliveryJob, Store
 from .webhooks import sign
+
+
+def _safe_url(url: str) -> str:
+    """The URL for logs: no user:password, query string or fragment (they may hold tokens)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 log = logging.getLogger("gyoza.webhooks")
 
@@ -226,21 +236,21 @@ class WebhookSender:
         if status is not None:
             error = f"HTTP {status}"
         if status is not None and 200 <= status < 300:
-            log.info("webhook %s -> %d (run %s event %d)", job.url, status, job.run_id, job.event_id)
+            log.info("webhook %s -> %d (run %s event %d)", _safe_url(job.url), status, job.run_id, job.event_id)
             return self._outcome(delivered=True, status=status)
         if status == 410:
             log.warning("webhook %s -> 410 Gone: giving up on run %s event %d",
-                        job.url, job.run_id, job.event_id)
+                        _safe_url(job.url), job.run_id, job.event_id)
             return self._outcome(give_up=True, status=status, error="HTTP 410 Gone: receiver asked to stop")
         if attempt >= job.max_attempts:
             log.warning("webhook %s -> %s: FAILED after %d attempt(s) (run %s event %d)",
-                        job.url, error, attempt, job.run_id, job.event_id)
+                        _safe_url(job.url), error, attempt, job.run_id, job.event_id)
             return self._outcome(give_up=True, status=status, error=error)
         delay = backoff_delay(attempt, self.config.webhook_backoff_s, self.config.webhook_max_backoff_s)
         if retry_after is not None:
             delay = min(max(delay, retry_after), self.config.webhook_max_backoff_s)
         log.info("webhook %s -> %s: retry %d/%d in %.1fs (run %s event %d)",
-                 job.url, error, attempt + 1, job.max_attempts, delay, job.run_id, job.event_id)
+                 _safe_url(job.url), error, attempt + 1, job.max_attempts, delay, job.run_id, job.event_id)
         return self._outcome(status=status, error=error, next_attempt_at=time.time() + delay)
 
     @staticmethod

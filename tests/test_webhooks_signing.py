@@ -106,3 +106,10 @@ def test_retry_after_accepts_seconds_and_http_dates() -> None:
     assert parse_retry_after("Tue, 14 Nov 2023 22:13:50 GMT", now=now) == pytest.approx(30.0)
     assert parse_retry_after("soon") is None
     assert parse_retry_after(None) is None
+
+
+def test_webhook_urls_in_logs_carry_no_credentials_or_query_tokens():
+    from gyoza.delivery import _safe_url
+
+    logged = _safe_url("https://user:hunter2@hooks.example.com:8443/in?token=abc#frag")
+    assert logged == "https://hooks.example.com:8443/in"
