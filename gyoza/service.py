@@ -45,6 +45,7 @@ class Signal:
 
     def __init__(self) -> None:
         self._future: asyncio.Future[None] | None = None
+        self.waiters = 0  # long-polls currently using this signal
 
     def waiter(self) -> asyncio.Future[None]:
         if self._future is None or self._future.done():
@@ -229,14 +230,23 @@ class Service:
         n = _int_param("limit", limit, default=None, low=1, high=100_000)
         timeout = _wait_param(wait)
         deadline = time.monotonic() + timeout
+        if timeout <= 0:
+            return (await self.store.events_after(run_id, after_id, n))[0]
         while True:
+            # Registered before reading, so an event committed in between wakes us.
             signal = self._run_signals.setdefault(run_id, Signal())
-            waiter = signal.waiter()
-            bodies, terminal = await self.store.events_after(run_id, after_id, n)
-            remaining = deadline - time.monotonic()
-            if bodies or terminal or remaining <= 0 or self.closing:
-                return bodies
-            await wait_for_signal(waiter, remaining)
+            signal.waiters += 1
+            try:
+                waiter = signal.waiter()
+                bodies, terminal = await self.store.events_after(run_id, after_id, n)
+                remaining = deadline - time.monotonic()
+                if bodies or terminal or remaining <= 0 or self.closing:
+                    return bodies
+                await wait_for_signal(waiter, remaining)
+            finally:
+                signal.waiters -= 1
+                if signal.waiters == 0 and self._run_signals.get(run_id) is signal:
+                    del self._run_signals[run_id]  # nobody waits: keep the map small
 
     async def attempts(self, run_id: str) -> list[OpAttempt]:
         return await self.store.get_attempts(run_id)

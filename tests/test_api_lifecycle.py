@@ -125,3 +125,33 @@ def test_data_survives_a_server_restart_on_the_same_file(tmp_path):
         assert [e["type"] for e in again["events"]] == ["QUEUED", "ASSIGNED", "STARTED"]
         assert c.get_definition("hello")["version"] == "1"
         assert c.list_workers()[0]["worker_id"] == "w1"
+
+
+def test_poll_events_with_wait_returns_as_soon_as_an_event_arrives(client, server):
+    import threading
+    import time
+
+    run = client.create_run("busybox", {})
+    client.heartbeat("w1", RESOURCES)
+    client.claim_ops("w1")
+    result: dict = {}
+
+    def poll() -> None:
+        with server.client() as c:
+            started = time.monotonic()
+            result["events"] = c.poll_events(run["id"], after=2, wait=20)["events"]
+            result["took"] = time.monotonic() - started
+
+    t = threading.Thread(target=poll)
+    t.start()
+    time.sleep(0.3)
+    client.add_event(run["id"], "LOG", "hello")
+    t.join(timeout=10)
+    assert [e["msg"] for e in result["events"]] == ["hello"]
+    assert result["took"] < 5
+
+
+def test_poll_events_with_wait_returns_at_once_for_a_terminal_run(client):
+    run = client.create_run("busybox", {})
+    client.cancel_run(run["id"])
+    assert client.poll_events(run["id"], after=99, wait=20) == {"events": []}
