@@ -16,7 +16,6 @@ import msgspec
 
 from .errors import BadRequest, Conflict, Locked
 from .models import (
-    ACTIVE_STATES,
     MAX_MSG_BYTES,
     SERVER_ONLY_EVENTS,
     Constraints,
@@ -372,6 +371,3 @@ def manual_retry(ch: Change) -> None:
     ch.release()
     requeue(ch, delay=0.0, why="manual retry")
 
-
-def is_active(state: OpRunState) -> bool:
-    return state in ACTIVE_STATES

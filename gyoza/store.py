@@ -354,7 +354,6 @@ class LingeringHold:
 class ClaimOutcome:
     result: ClaimResult
     next_ready_at: float | None  # earliest backoff expiry among PENDING runs
-    handed_out: bool
 
 
 @dataclass
@@ -1334,7 +1333,7 @@ class Store:
             "WHERE state='PENDING' AND not_before > ?",
             (epoch,),
         ).fetchone()[0]
-        return ClaimOutcome(ClaimResult(ops=ops, cancel=cancel), nxt, bool(ops)), fx
+        return ClaimOutcome(ClaimResult(ops=ops, cancel=cancel), nxt), fx
 
     def _choose(
         self, c: sqlite3.Connection, cap: scheduler.Capacity, epoch: float, max_ops: int | None
