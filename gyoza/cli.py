@@ -637,10 +637,9 @@ def _worker_options(kw: dict[str, Any], *, server: str, api_key: str | None,
 
 
 def _configure_worker_logging() -> None:
-    import logging
+    from .server import configure_logging
 
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
 
 
 @cli.command("worker")

@@ -12,6 +12,7 @@ import contextlib
 import hmac
 import ipaddress
 import logging
+import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
@@ -364,6 +365,9 @@ def configure_logging() -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # One line per HTTP request (the embedded worker's heartbeats) is noise.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def serve(
@@ -392,7 +396,17 @@ def serve(
         flush=True,
     )
     server = uvicorn_server(app, host=config.host, port=config.port, timeout_graceful_shutdown=5)
-    server.run()
+    # uvicorn re-raises the stopping signal once it has shut down; end quietly
+    # with status 0 instead of "Aborted!" or death by SIGTERM.
+    signal.signal(signal.SIGTERM, _exit_quietly)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+
+
+def _exit_quietly(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
 
 
 def uvicorn_server(app: Starlette, **options: Any) -> Any:
