@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import aiodocker
+import aiohttp
 from aiodocker.exceptions import DockerError
 
 log = logging.getLogger("gyoza.worker")
@@ -45,6 +46,7 @@ __all__ = [
     "LABEL_ATTEMPT",
     "LABEL_WORKER_ID",
     "MAX_ENV_INPUTS_BYTES",
+    "docker_unreachable",
 ]
 
 LABEL_RUN_ID = "gyoza.run_id"
@@ -204,6 +206,17 @@ def registry_auth(image: str) -> dict[str, Any] | None:
     return None
 
 
+# aiodocker's status for "could not talk to the engine at all" (refused, reset, gone).
+DOCKER_CONNECTION_ERROR = 900
+
+
+def docker_unreachable(exc: BaseException) -> bool:
+    """True when ``exc`` means the engine itself is gone (stopped, restarting), not a refusal."""
+    if isinstance(exc, DockerError):
+        return exc.status == DOCKER_CONNECTION_ERROR
+    return isinstance(exc, RuntimeUnavailable | aiohttp.ClientError | OSError)
+
+
 def _message(exc: BaseException) -> str:
     if isinstance(exc, DockerError):
         return str(exc.message).strip()
@@ -229,11 +242,10 @@ class DockerRuntime:
     async def connect(self) -> None:
         """Reach the engine or raise RuntimeUnavailable saying why."""
         if self._docker is not None:
-            try:
-                await self._docker.system.info()
-                return
-            except Exception:
-                await self.close()
+            # Keep the session when the engine is away: closing it under an in-flight
+            # wait() hangs that call, and it opens new connections once the engine is back.
+            await self.ping(fresh=True)
+            return
         try:
             docker = aiodocker.Docker(url=self._url)
         except Exception as exc:  # no socket found: aiodocker asserts or raises ValueError
@@ -248,6 +260,28 @@ class DockerRuntime:
         self._docker = docker
         self._ncpu = int(info.get("NCPU") or self._ncpu)
         self.workdir_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    async def ping(self, *, fresh: bool = False) -> None:
+        """Raise RuntimeUnavailable when the engine does not answer; never closes the session.
+
+        ``fresh`` asks over a new connection: a stopping dockerd closes its
+        listener first, then stops its containers while already open
+        connections still answer, so only a new one tells that it is going away.
+        """
+        docker: aiodocker.Docker | None = None
+        try:
+            try:
+                docker = aiodocker.Docker(url=self._url) if fresh else self.docker
+            except (AssertionError, ValueError) as exc:  # aiodocker: no socket to connect to
+                raise RuntimeUnavailable("Docker engine is not answering: its socket is gone") from exc
+            await docker.version()
+        except RuntimeUnavailable:
+            raise
+        except Exception as exc:
+            raise RuntimeUnavailable(f"Docker engine is not answering: {_message(exc)}") from exc
+        finally:
+            if fresh and docker is not None:
+                await docker.close()
 
     async def close(self) -> None:
         if self._docker is not None:
@@ -276,6 +310,8 @@ class DockerRuntime:
             await self.docker.images.inspect(image)
             return False
         except DockerError as exc:
+            if docker_unreachable(exc):
+                raise RuntimeUnavailable(_message(exc)) from exc
             if exc.status != 404:
                 raise ImagePullError(f"cannot inspect image {image}: {_message(exc)}") from exc
         repo, tag, digest = split_reference(image)
@@ -393,6 +429,8 @@ class DockerRuntime:
             if container_id:
                 await self.remove(container_id)
             await self.remove_workdir(str(workdir))
+            if docker_unreachable(exc):
+                raise RuntimeUnavailable(_message(exc)) from exc
             raise ContainerError(_message(exc)) from exc
         except BaseException:
             if container_id:

@@ -48,6 +48,7 @@ from .runtime import (
     ImagePullError,
     LogLine,
     RuntimeUnavailable,
+    docker_unreachable,
 )
 
 log = logging.getLogger("gyoza.worker")
@@ -187,6 +188,8 @@ class Execution:
         self.outputs: dict[str, Any] = {}
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
         self.stop_reason: str | None = None  # "cancelled" | "rejected" | "shutdown"
+        self.docker_error: BaseException | None = None  # the engine went away mid-run
+        self.released = False  # cleanup began: the container is no longer this execution's
         self._stop = asyncio.Event()
         self._batch: list[str] = []
         self._batch_bytes = 0
@@ -318,6 +321,8 @@ class Execution:
                     return
 
     async def _cleanup(self) -> None:
+        # From here on a leftover container (Docker down) is the worker's to sweep.
+        self.released = True
         runtime = self.worker.runtime
         if self.container_id:
             try:
@@ -375,6 +380,18 @@ class Execution:
             self.outbox.drop(outcome)  # the run is over on the server; it accepts nothing more
             return
         self.flush_logs()
+        if outcome == "docker-lost":
+            assert self.docker_error is not None
+            self.worker.docker_lost(self.docker_error)
+            ended = (
+                f"the engine stopped the container (exit code {status.exit_code})" if status
+                else "the container's exit status is unknown"
+            )
+            self._fail(
+                f"Docker engine connection lost while the container ran ({self.docker_error}); {ended}",
+                exit_code=status.exit_code if status else None,
+            )
+            return
         code = status.exit_code if status else -1
         if outcome == "timeout":
             timeout_s = self.op.get("timeout_s")
@@ -462,11 +479,22 @@ class Execution:
         except Exception as exc:
             waiter.cancel()
             log.warning("run %s: no exit status from Docker: %s", self.run_id, exc)
+            if docker_unreachable(exc):
+                self.docker_error = exc
         # The log stream ends when the container exits; give it a moment to drain.
         try:
             await asyncio.wait_for(lines, timeout=5)
         except Exception:
             lines.cancel()
+        if outcome == "exit" and status is not None and status.exit_code != 0:
+            # A stopping engine kills its containers (SIGTERM, then SIGKILL) before it
+            # goes: that exit is the engine's doing, not the op's.
+            try:
+                await runtime.ping(fresh=True)
+            except RuntimeUnavailable as exc:
+                self.docker_error = exc
+        if outcome == "exit" and self.docker_error is not None:
+            return status, "docker-lost"
         if status is None and outcome == "exit":
             raise RuntimeError("Docker reported no exit status for the container")
         return status, outcome
@@ -613,11 +641,41 @@ class Worker:
             self._docker_ok.clear()
 
     async def _docker_watch(self) -> None:
+        """Ping Docker; after an outage, reconnect and sweep the containers it left behind."""
         while True:
+            await asyncio.sleep(self.options.docker_retry_s)
+            if self._docker_ok.is_set():
+                try:
+                    await self.runtime.ping(fresh=True)  # a stopping engine still answers old connections
+                except RuntimeUnavailable as exc:
+                    self.docker_lost(exc)
             if not self._docker_ok.is_set():
                 if not await self._connect_docker():
                     return
-            await asyncio.sleep(self.options.docker_retry_s)
+                await self._remove_orphans()
+
+    async def _remove_orphans(self) -> None:
+        """Remove every container labelled with our id that no live execution owns.
+
+        Runs after Docker comes back: an engine restart kills the containers
+        (without live-restore) and their executions end, but their removal
+        failed while the engine was down.
+        """
+        try:
+            found = await self.runtime.list_containers(self.worker_id)
+        except Exception as exc:
+            if docker_unreachable(exc):
+                self.docker_lost(exc)  # gone again: the watch retries, then sweeps
+            else:
+                log.warning("cannot list this worker's containers: %s", exc)
+            return
+        live = {(e.run_id, e.attempt) for e in self.executions.values() if not e.released}
+        for info in found:
+            if (info.run_id, info.attempt) in live:
+                continue
+            log.info("removing orphaned container %s (run %s attempt %d)", info.id[:12], info.run_id, info.attempt)
+            await self.runtime.remove(info.id)
+            await self.runtime.remove_workdir(info.workdir)
 
     # -- server -------------------------------------------------------------------------------
 
