@@ -220,6 +220,15 @@ _PENDING_HEADS = (
     "FROM runs_with WHERE runs_with.run_seq IS NOT NULL) "
 )
 
+# Events that change nothing on the run but its event counter and updated_at.
+_COUNTER_EVENTS = frozenset({EventType.LOG, EventType.PROGRESS})
+
+
+def _counters_only(ch: Change) -> bool:
+    """Whether a change moved only the run's event counter and updated_at."""
+    return bool(ch.events) and not ch.attempts and all(e.type in _COUNTER_EVENTS for e in ch.events)
+
+
 _RUN_COLS = (
     "seq, id, definition, version, state, priority, attempt, worker_id, gpu_ids, error, "
     "scheduling, outputs, spec, not_before, reserved_on, assigned_epoch, last_event_id, "
@@ -402,7 +411,6 @@ class Store:
         self._deliveries_pending = 0
         # Run rows as _load_run read them (the object and its stored values),
         # so _save can write only what changed (writer thread only).
-        self._loaded: dict[int, tuple[RunRow, tuple[Any, ...]]] = {}
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -562,41 +570,38 @@ class Store:
                         raise  # SQLite rolled back the whole transaction
                     conn.execute("ROLLBACK TO gyoza_call")
                     conn.execute("RELEASE gyoza_call")
-                    self._online = None
-                    self._explained.clear()
-                    self._loaded.clear()
+                    self._forget_caches()
                     self._deliveries_pending = pending
                     outcomes.append((False, exc))
                     continue
                 conn.execute("RELEASE gyoza_call")
-                self._loaded.clear()  # only valid within one call
                 outcomes.append((True, result))
             conn.execute("COMMIT")
         except Exception as exc:
             # Nothing of this batch was committed: every call in it fails.
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            self._online = None
-            self._explained.clear()
-            self._loaded.clear()
+            self._forget_caches()
             self._deliveries_pending = 0
             return [(False, exc)] * len(batch)
         self._publish_deliveries()
         return outcomes
+
+    def _forget_caches(self) -> None:
+        """After a rollback: the caches may describe writes that never happened."""
+        self._online = None
+        self._explained.clear()
 
     def _in_tx(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         conn = self._w._conn  # type: ignore[union-attr]
         conn.execute("BEGIN IMMEDIATE")
         try:
             result = fn(conn, *args)
-            self._loaded.clear()  # only valid within one call
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            self._online = None
-            self._explained.clear()
-            self._loaded.clear()
+            self._forget_caches()
             self._deliveries_pending = 0
             raise
         self._publish_deliveries()
@@ -734,8 +739,6 @@ class Store:
         if row is None:
             raise NotFound(f"no run {run_id!r}; list runs with GET /runs")
         run = _run_from_row(row)
-        # The stored values in the order of _save's UPDATE parameters.
-        self._loaded[run.seq] = (run, (*row[4:12], *row[13:17], *row[18:21]))
         current = None
         if with_attempt:
             arow = c.execute(
@@ -747,7 +750,10 @@ class Store:
         return Change(run=run, current=current, now=iso(epoch), epoch=epoch)
 
     def _mutate(self, c: sqlite3.Connection, run_id: str, apply: Callable[[Change], None]):
-        ch = self._load_run(c, run_id)
+        return self._apply(c, self._load_run(c, run_id), apply)
+
+    def _apply(self, c: sqlite3.Connection, ch: Change, apply: Callable[[Change], None]):
+        """Apply a state-machine function to a loaded run and write back the change."""
         was = ch.run.state
         reserved = ch.run.reserved_on
         apply(ch)
@@ -770,7 +776,8 @@ class Store:
         return await self._write(self._append_event, run_id, ev)
 
     def _append_event(self, c: sqlite3.Connection, run_id: str, ev: EventIn):
-        ch = self._load_run(c, run_id, with_attempt=False)
+        # LOG and PROGRESS never touch the attempt row: skip reading it.
+        ch = self._load_run(c, run_id, with_attempt=ev.type not in _COUNTER_EVENTS)
         if ev.seq is not None and ev.attempt is not None:
             dup = c.execute(
                 "SELECT 1 FROM events WHERE run_seq=? AND attempt=? AND seq=?",
@@ -778,16 +785,7 @@ class Store:
             ).fetchone()
             if dup:
                 return to_op_run(ch.run), WriteEffects([], False, set())
-        if ev.type not in (EventType.LOG, EventType.PROGRESS):
-            arow = c.execute(
-                f"SELECT {_ATTEMPT_COLS} FROM attempts WHERE run_seq=? AND number=?",
-                (ch.run.seq, ch.run.attempt),
-            ).fetchone()
-            ch.current = _attempt_from_row(arow)
-        was, reserved = ch.run.state, ch.run.reserved_on
-        statemachine.apply_event(ch, ev)
-        self._save(c, [ch])
-        return to_op_run(ch.run), self._effects([(ch, was, reserved)])
+        return self._apply(c, ch, lambda ch: statemachine.apply_event(ch, ev))
 
     async def patch_run(self, run_id: str, patch: RunPatch) -> tuple[OpRun, WriteEffects]:
         return await self._write(self._mutate, run_id, lambda ch: statemachine.apply_patch(ch, patch))
@@ -834,18 +832,10 @@ class Store:
                 for r in (ch.run for ch in changes)
             ]
             full, light = [], []
-            for r, params in rows:
-                loaded = self._loaded.pop(r.seq, None)
-                if (
-                    loaded is not None
-                    and loaded[0] is r
-                    and loaded[1][:11] == params[:11]
-                    and loaded[1][13:] == params[13:15]
-                ):
-                    # Only the event counter and updated_at moved (a LOG or
-                    # PROGRESS event): leave the indexed columns alone, so the
-                    # commit writes fewer pages.
-                    light.append((params[11], params[12], r.seq))
+            for ch, (r, params) in zip(changes, rows, strict=True):
+                if _counters_only(ch):
+                    # Leave the indexed columns alone, so the commit writes fewer pages.
+                    light.append((r.last_event_id, r.updated_at, r.seq))
                 else:
                     full.append(params)
             if full:
