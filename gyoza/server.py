@@ -211,7 +211,7 @@ class Api:
         return json_response(await self.svc.attempts(request.path_params["run_id"]))
 
     async def list_deliveries(self, request: Request) -> Response:
-        return json_response(await self.svc.store.list_deliveries(request.path_params["run_id"]))
+        return json_response(await self.svc.list_deliveries(request.path_params["run_id"]))
 
     async def redeliver(self, request: Request) -> Response:
         await read_body(request, self.config.max_body_bytes)
@@ -219,10 +219,7 @@ class Api:
         raw = request.path_params["delivery_id"]
         if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
             raise NotFound(f"no delivery {raw[:40]!r} on run {run_id!r}")
-        await self.svc.store.redeliver(run_id, int(raw))
-        self.svc.on_new_events()
-        deliveries = await self.svc.store.list_deliveries(run_id)
-        return json_response(next(d for d in deliveries if d.id == int(raw)))
+        return json_response(await self.svc.redeliver(run_id, int(raw)))
 
     async def list_workers(self, request: Request) -> Response:
         return json_response(await self.svc.list_workers())

@@ -19,6 +19,7 @@ from .config import ServerConfig
 from .errors import BadRequest
 from .models import (
     ClaimResult,
+    Delivery,
     EventIn,
     Heartbeat,
     OpAttempt,
@@ -250,6 +251,16 @@ class Service:
 
     async def attempts(self, run_id: str) -> list[OpAttempt]:
         return await self.store.get_attempts(run_id)
+
+    async def list_deliveries(self, run_id: str) -> list[Delivery]:
+        return await self.store.list_deliveries(run_id)
+
+    async def redeliver(self, run_id: str, delivery_id: int) -> Delivery:
+        """Requeue a FAILED webhook delivery and wake the sender."""
+        await self.store.redeliver(run_id, delivery_id)
+        self.on_new_events()
+        deliveries = await self.store.list_deliveries(run_id)
+        return next(d for d in deliveries if d.id == delivery_id)
 
     # -- workers -------------------------------------------------------------------------------------
 
